@@ -1,0 +1,338 @@
+"""Dataset privacy metadata: the owner's declarations that make DP possible.
+
+Every bound used by the rewriter comes from here, never from the data (privacy rule 1).
+The YAML format is documented in README.md ("Metadata reference"); `parse_dataset`
+validates a mapping and names the offending field in every error.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+
+from sqlgate.errors import MetadataError
+
+COLUMN_TYPES = ("int", "float", "string", "bool", "date")
+MECHANISMS = ("laplace", "gaussian")
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A privacy budget stated as (epsilon, delta)."""
+
+    epsilon: float
+    delta: float = 0.0
+
+
+@dataclass(frozen=True)
+class ColumnMeta:
+    name: str
+    type: str
+    lower: float | None = None
+    upper: float | None = None
+    public_keys: tuple | None = None
+    nullable: bool = True
+
+    @property
+    def is_numeric(self) -> bool:
+        return self.type in ("int", "float")
+
+    @property
+    def has_bounds(self) -> bool:
+        return self.lower is not None and self.upper is not None
+
+
+@dataclass(frozen=True)
+class ForeignUnit:
+    """The privacy unit reached through a foreign key: this table's `column`
+    references `table`.`references`, whose row carries the unit."""
+
+    column: str
+    table: str
+    references: str
+
+
+@dataclass(frozen=True)
+class TableMeta:
+    name: str
+    columns: Mapping[str, ColumnMeta]
+    privacy_unit: str | None = None
+    unit_via: ForeignUnit | None = None
+    public: bool = False
+    source: str | None = None
+    max_groups_per_unit: int = 1
+    max_rows_per_group: int = 1
+    truncate_rows_per_unit: int | None = None
+
+    def column(self, name: str) -> ColumnMeta | None:
+        return self.columns.get(name.lower())
+
+
+@dataclass(frozen=True)
+class DatasetMeta:
+    name: str
+    tables: Mapping[str, TableMeta]
+    default_budget: Budget
+    analyst_budgets: Mapping[str, Budget] = field(default_factory=dict)
+    query_epsilon: float = 0.5
+    query_delta: float = 1e-7
+    mechanism: str = "laplace"
+    max_public_cells: int = 100_000
+    description: str = ""
+
+    def table(self, name: str) -> TableMeta | None:
+        return self.tables.get(name.lower())
+
+    def budget_for(self, analyst: str) -> Budget:
+        return self.analyst_budgets.get(analyst, self.default_budget)
+
+
+def load_dataset_yaml(path: str | Path) -> DatasetMeta:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise MetadataError("<file>", f"not valid YAML ({exc.__class__.__name__})") from None
+    meta = parse_dataset(raw)
+    # Relative sources are relative to the metadata file, as owners expect.
+    tables = {}
+    for name, table in meta.tables.items():
+        source = table.source
+        if source and not Path(source).is_absolute():
+            source = str((path.parent / source).resolve())
+        tables[name] = _replace(table, source=source)
+    return _replace(meta, tables=tables)
+
+
+def parse_dataset_text(text: str) -> DatasetMeta:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise MetadataError("<document>", f"not valid YAML ({exc.__class__.__name__})") from None
+    return parse_dataset(raw)
+
+
+def parse_dataset(raw: Any) -> DatasetMeta:
+    if not isinstance(raw, Mapping):
+        raise MetadataError("<document>", "must be a mapping with 'dataset' and 'tables'")
+    _reject_unknown(raw, "", {"dataset", "description", "budget", "analyst_budgets", "query",
+                              "tables", "max_public_cells"})
+    name = _identifier(raw.get("dataset"), "dataset")
+    default_budget = _budget(raw.get("budget", {"epsilon": 1.0, "delta": 1e-6}), "budget")
+    analyst_budgets = {}
+    for analyst, spec in (_mapping(raw.get("analyst_budgets", {}), "analyst_budgets")).items():
+        analyst_budgets[str(analyst)] = _budget(spec, f"analyst_budgets.{analyst}")
+    query = _mapping(raw.get("query", {}), "query")
+    _reject_unknown(query, "query", {"epsilon", "delta", "mechanism"})
+    query_epsilon = _positive(query.get("epsilon", 0.5), "query.epsilon")
+    query_delta = _probability(query.get("delta", 1e-7), "query.delta")
+    mechanism = query.get("mechanism", "laplace")
+    if mechanism not in MECHANISMS:
+        raise MetadataError("query.mechanism", f"must be one of {', '.join(MECHANISMS)}")
+    max_cells = _positive_int(raw.get("max_public_cells", 100_000), "max_public_cells")
+
+    tables_raw = _mapping(raw.get("tables"), "tables")
+    if not tables_raw:
+        raise MetadataError("tables", "at least one table is required")
+    tables = {}
+    for table_name, spec in tables_raw.items():
+        table = _table(str(table_name), spec)
+        tables[table.name] = table
+    _check_units(tables)
+    return DatasetMeta(
+        name=name, tables=tables, default_budget=default_budget,
+        analyst_budgets=analyst_budgets, query_epsilon=query_epsilon,
+        query_delta=query_delta, mechanism=mechanism, max_public_cells=max_cells,
+        description=str(raw.get("description", "")),
+    )
+
+
+def _table(name: str, spec: Any) -> TableMeta:
+    where = f"tables.{name}"
+    _identifier(name, where)
+    spec = _mapping(spec, where)
+    _reject_unknown(spec, where, {"source", "privacy_unit", "unit_via", "public", "columns",
+                                  "max_groups_per_unit", "max_rows_per_group",
+                                  "truncate_rows_per_unit"})
+    columns_raw = _mapping(spec.get("columns"), f"{where}.columns")
+    if not columns_raw:
+        raise MetadataError(f"{where}.columns", "at least one column is required")
+    columns = {}
+    for col_name, col_spec in columns_raw.items():
+        col = _column(str(col_name), col_spec, f"{where}.columns.{col_name}")
+        columns[col.name] = col
+    public = _bool(spec.get("public", False), f"{where}.public")
+    unit = spec.get("privacy_unit")
+    unit_via = None
+    if spec.get("unit_via") is not None:
+        via = _mapping(spec["unit_via"], f"{where}.unit_via")
+        _reject_unknown(via, f"{where}.unit_via", {"column", "table", "references"})
+        unit_via = ForeignUnit(
+            column=_identifier(via.get("column"), f"{where}.unit_via.column").lower(),
+            table=_identifier(via.get("table"), f"{where}.unit_via.table").lower(),
+            references=_identifier(via.get("references"), f"{where}.unit_via.references").lower(),
+        )
+        if unit_via.column not in columns:
+            raise MetadataError(f"{where}.unit_via.column", f"'{unit_via.column}' is not a declared column")
+    if unit is not None:
+        unit = _identifier(unit, f"{where}.privacy_unit").lower()
+        if unit not in columns:
+            raise MetadataError(f"{where}.privacy_unit", f"'{unit}' is not a declared column")
+    if public and (unit or unit_via):
+        raise MetadataError(f"{where}.public", "a public table has no privacy unit")
+    if not public and not unit and not unit_via:
+        raise MetadataError(f"{where}.privacy_unit",
+                            "required for a private table (or declare unit_via, or public: true)")
+    if unit and unit_via:
+        raise MetadataError(f"{where}.unit_via", "declare either privacy_unit or unit_via, not both")
+    truncate = spec.get("truncate_rows_per_unit")
+    if truncate is not None:
+        truncate = _positive_int(truncate, f"{where}.truncate_rows_per_unit")
+    source = spec.get("source")
+    if source is not None and not isinstance(source, str):
+        raise MetadataError(f"{where}.source", "must be a path to a CSV or Parquet file")
+    return TableMeta(
+        name=name.lower(), columns=columns, privacy_unit=unit, unit_via=unit_via, public=public,
+        source=source,
+        max_groups_per_unit=_positive_int(spec.get("max_groups_per_unit", 1), f"{where}.max_groups_per_unit"),
+        max_rows_per_group=_positive_int(spec.get("max_rows_per_group", 1), f"{where}.max_rows_per_group"),
+        truncate_rows_per_unit=truncate,
+    )
+
+
+def _column(name: str, spec: Any, where: str) -> ColumnMeta:
+    _identifier(name, where)
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    spec = _mapping(spec, where)
+    _reject_unknown(spec, where, {"type", "lower", "upper", "public_keys", "nullable", "bounds"})
+    col_type = spec.get("type")
+    if col_type not in COLUMN_TYPES:
+        raise MetadataError(f"{where}.type", f"must be one of {', '.join(COLUMN_TYPES)}")
+    lower, upper = spec.get("lower"), spec.get("upper")
+    if spec.get("bounds") is not None:
+        bounds = spec["bounds"]
+        if not isinstance(bounds, (list, tuple)) or len(bounds) != 2:
+            raise MetadataError(f"{where}.bounds", "must be [lower, upper]")
+        lower, upper = bounds
+    if (lower is None) != (upper is None):
+        raise MetadataError(f"{where}.{'upper' if upper is None else 'lower'}",
+                            "lower and upper bounds are declared together")
+    if lower is not None:
+        if col_type not in ("int", "float"):
+            raise MetadataError(f"{where}.lower", "bounds apply to int and float columns only")
+        lower = _finite(lower, f"{where}.lower")
+        upper = _finite(upper, f"{where}.upper")
+        if lower > upper:
+            raise MetadataError(f"{where}.upper", "must be >= lower")
+    keys = spec.get("public_keys")
+    if keys is not None:
+        if not isinstance(keys, (list, tuple)) or not keys:
+            raise MetadataError(f"{where}.public_keys", "must be a non-empty list of values")
+        if len(set(map(repr, keys))) != len(keys):
+            raise MetadataError(f"{where}.public_keys", "values must be distinct")
+        keys = tuple(_coerce_key(k, col_type, f"{where}.public_keys") for k in keys)
+    return ColumnMeta(name=name.lower(), type=col_type, lower=lower, upper=upper,
+                      public_keys=keys,
+                      nullable=_bool(spec.get("nullable", True), f"{where}.nullable"))
+
+
+def _coerce_key(value: Any, col_type: str, where: str):
+    if col_type == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MetadataError(where, "keys of an int column must be integers")
+        return value
+    if col_type == "bool":
+        if not isinstance(value, bool):
+            raise MetadataError(where, "keys of a bool column must be true/false")
+        return value
+    if col_type == "float":
+        raise MetadataError(where, "float columns cannot have public keys; bin them instead")
+    return str(value)
+
+
+def _check_units(tables: Mapping[str, TableMeta]) -> None:
+    for table in tables.values():
+        via = table.unit_via
+        if via is None:
+            continue
+        target = tables.get(via.table)
+        where = f"tables.{table.name}.unit_via"
+        if target is None:
+            raise MetadataError(f"{where}.table", f"'{via.table}' is not a table of this dataset")
+        if via.references not in target.columns:
+            raise MetadataError(f"{where}.references", f"'{via.references}' is not a column of {via.table}")
+        if target.privacy_unit is None:
+            raise MetadataError(f"{where}.table", f"'{via.table}' must declare privacy_unit itself")
+
+
+def _replace(obj, **changes):
+    from dataclasses import replace
+    return replace(obj, **changes)
+
+
+def _reject_unknown(spec: Mapping, where: str, allowed: set[str]) -> None:
+    for key in spec:
+        if key not in allowed:
+            name = f"{where}.{key}" if where else str(key)
+            raise MetadataError(name, f"unknown field (allowed: {', '.join(sorted(allowed))})")
+
+
+def _mapping(value: Any, where: str) -> Mapping:
+    if value is None:
+        raise MetadataError(where, "is required")
+    if not isinstance(value, Mapping):
+        raise MetadataError(where, "must be a mapping")
+    return value
+
+
+def _identifier(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not _IDENTIFIER.match(value):
+        raise MetadataError(where, "must be an identifier (letters, digits, underscore)")
+    return value
+
+
+def _bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise MetadataError(where, "must be true or false")
+    return value
+
+
+def _finite(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise MetadataError(where, "must be a finite number")
+    return value
+
+
+def _positive(value: Any, where: str) -> float:
+    value = _finite(value, where)
+    if value <= 0:
+        raise MetadataError(where, "must be > 0")
+    return float(value)
+
+
+def _probability(value: Any, where: str) -> float:
+    value = _finite(value, where)
+    if not 0 <= value < 1:
+        raise MetadataError(where, "must be in [0, 1)")
+    return float(value)
+
+
+def _positive_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MetadataError(where, "must be a positive integer")
+    return value
+
+
+def _budget(spec: Any, where: str) -> Budget:
+    spec = _mapping(spec, where)
+    _reject_unknown(spec, where, {"epsilon", "delta"})
+    if "epsilon" not in spec:
+        raise MetadataError(f"{where}.epsilon", "is required")
+    return Budget(epsilon=_positive(spec["epsilon"], f"{where}.epsilon"),
+                  delta=_probability(spec.get("delta", 0.0), f"{where}.delta"))
