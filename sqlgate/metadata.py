@@ -336,3 +336,46 @@ def _budget(spec: Any, where: str) -> Budget:
         raise MetadataError(f"{where}.epsilon", "is required")
     return Budget(epsilon=_positive(spec["epsilon"], f"{where}.epsilon"),
                   delta=_probability(spec.get("delta", 0.0), f"{where}.delta"))
+
+
+def dataset_to_dict(meta: DatasetMeta) -> dict:
+    """The YAML/JSON form of a dataset's metadata (round-trips through parse_dataset)."""
+    tables = {}
+    for table in meta.tables.values():
+        columns = {}
+        for col in table.columns.values():
+            spec: dict[str, Any] = {"type": col.type}
+            if col.has_bounds:
+                spec["lower"], spec["upper"] = col.lower, col.upper
+            if col.public_keys is not None:
+                spec["public_keys"] = list(col.public_keys)
+            if not col.nullable:
+                spec["nullable"] = False
+            columns[col.name] = spec
+        body: dict[str, Any] = {"columns": columns}
+        if table.source:
+            body["source"] = table.source
+        if table.public:
+            body["public"] = True
+        if table.privacy_unit:
+            body["privacy_unit"] = table.privacy_unit
+        if table.unit_via:
+            body["unit_via"] = {"column": table.unit_via.column, "table": table.unit_via.table,
+                                "references": table.unit_via.references}
+        if not table.public:
+            body["max_groups_per_unit"] = table.max_groups_per_unit
+            body["max_rows_per_group"] = table.max_rows_per_group
+        if table.truncate_rows_per_unit is not None:
+            body["truncate_rows_per_unit"] = table.truncate_rows_per_unit
+        tables[table.name] = body
+    return {
+        "dataset": meta.name,
+        "description": meta.description,
+        "budget": {"epsilon": meta.default_budget.epsilon, "delta": meta.default_budget.delta},
+        "analyst_budgets": {a: {"epsilon": b.epsilon, "delta": b.delta}
+                            for a, b in meta.analyst_budgets.items()},
+        "query": {"epsilon": meta.query_epsilon, "delta": meta.query_delta,
+                  "mechanism": meta.mechanism},
+        "max_public_cells": meta.max_public_cells,
+        "tables": tables,
+    }

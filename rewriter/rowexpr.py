@@ -1,0 +1,104 @@
+"""Row-level expressions (WHERE predicates, arguments of aggregates).
+
+Only an allow-list of total, deterministic operators and functions passes; everything is
+then made total (privacy rule 6): casts become TRY_CAST and whole predicates run inside
+DuckDB's TRY(), so a bad value can never raise an error whose text or occurrence depends
+on private data.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlglot import exp
+
+from sqlgate.errors import PolicyRefused, UndefinedColumn, UnsupportedQuery
+from sqlgate.metadata import TableMeta
+
+_STRUCTURAL = (
+    exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.DataType,
+    exp.DataTypeParam, exp.Var, exp.Interval, exp.Tuple,
+)
+_OPERATORS = (
+    exp.And, exp.Or, exp.Not, exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE, exp.Is,
+    exp.In, exp.Between, exp.Like, exp.ILike, exp.Add, exp.Sub, exp.Mul, exp.Div, exp.Neg,
+    exp.Mod, exp.IntDiv, exp.DPipe, exp.NullSafeEQ, exp.NullSafeNEQ,
+)
+_FUNCTIONS = (
+    exp.Cast, exp.TryCast, exp.Case, exp.If, exp.Coalesce, exp.Abs, exp.Lower, exp.Upper,
+    exp.Length, exp.Round, exp.Floor, exp.Ceil, exp.Substring, exp.Trim, exp.Extract,
+    exp.Year, exp.Month, exp.Day, exp.DateTrunc, exp.TimestampTrunc, exp.Concat, exp.Greatest,
+    exp.Least, exp.Nullif, exp.Sign, exp.StartsWith, exp.CurrentDate,
+)
+ALLOWED_ROW_NODES = _STRUCTURAL + _OPERATORS + _FUNCTIONS
+
+
+@dataclass(frozen=True)
+class TableScope:
+    """The one private table a query reads, and the names it may be called by."""
+
+    meta: TableMeta
+    qualifiers: frozenset[str]
+
+    def resolve(self, column: exp.Column) -> str:
+        qualifier = column.table.lower() if column.table else ""
+        if qualifier and qualifier not in self.qualifiers:
+            raise UndefinedColumn(f"column reference {column.sql()} names an unknown table "
+                                  f"'{column.table}'")
+        name = column.name.lower()
+        if self.meta.column(name) is None:
+            raise UndefinedColumn(f"column '{column.name}' does not exist in table "
+                                  f"'{self.meta.name}'")
+        return name
+
+
+def check_row_expression(node: exp.Expression, scope: TableScope, where: str) -> exp.Expression:
+    """Validate a row-level expression and return a copy with unqualified column names."""
+    for sub in node.walk():
+        if isinstance(sub, exp.AggFunc):
+            raise UnsupportedQuery(f"aggregate {sub.sql()} is not allowed in {where}")
+        if isinstance(sub, (exp.Subquery, exp.Select, exp.Exists)):
+            raise UnsupportedQuery(f"subqueries are not supported in {where}")
+        if isinstance(sub, exp.Window):
+            raise PolicyRefused(f"window functions are not allowed in {where}: they expose "
+                                "individual rows")
+        if isinstance(sub, (exp.Placeholder, exp.Parameter)):
+            raise UnsupportedQuery("unbound query parameter; bind all parameters before running")
+        if isinstance(sub, exp.Star):
+            raise UnsupportedQuery(f"* is not allowed in {where}")
+        if not isinstance(sub, ALLOWED_ROW_NODES):
+            raise UnsupportedQuery(f"{_describe(sub)} is not supported in {where}: only "
+                                   "comparisons, boolean logic, arithmetic and simple total "
+                                   "functions are allowed on private rows")
+        if isinstance(sub, (exp.Like, exp.ILike)) and not isinstance(sub.expression, exp.Literal):
+            raise UnsupportedQuery("LIKE patterns must be string literals")
+    copy = node.copy()
+    for column in list(copy.find_all(exp.Column)):
+        name = scope.resolve(column)
+        column.replace(exp.column(name))
+    return _total(copy)
+
+
+def _total(node: exp.Expression) -> exp.Expression:
+    """Replace casts by TRY_CAST (the rest is made total by TRY() around the predicate)."""
+    for cast in list(node.find_all(exp.Cast)):
+        if not isinstance(cast, exp.TryCast):
+            cast.replace(exp.TryCast(this=cast.this, to=cast.to))
+    return node
+
+
+def total_predicate(predicate: exp.Expression) -> exp.Expression:
+    """TRY() turns any runtime error of the predicate into NULL, and NULL into FALSE."""
+    return exp.Coalesce(this=exp.Anonymous(this="TRY", expressions=[predicate]),
+                        expressions=[exp.false()])
+
+
+def referenced_columns(node: exp.Expression) -> set[str]:
+    return {c.name.lower() for c in node.find_all(exp.Column)}
+
+
+def _describe(node: exp.Expression) -> str:
+    if isinstance(node, exp.Anonymous):
+        return f"function {node.name}()"
+    if isinstance(node, exp.Func):
+        return f"function {node.sql_name()}()"
+    return f"{type(node).__name__} expression"

@@ -1,0 +1,240 @@
+"""The datasets of a domain: metadata, and their tables loaded into the engine.
+
+Loading is the owner's action and is all-or-nothing: every table of a dataset is staged,
+checked against the metadata and swapped in inside one engine transaction; on any error the
+previous state stays as it was. Sources are read with pyarrow in batches (no engine file
+access, large files stream) and handed to DuckDB in memory.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+from sqlglot import exp
+
+from sqlgate.errors import DataLoadError, MetadataError, NotFound, UndefinedTable
+from sqlgate.executor import DuckDBExecutor
+from sqlgate.metadata import DatasetMeta, TableMeta, dataset_to_dict, parse_dataset
+
+_DUCKDB_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN",
+                 "date": "DATE"}
+_BATCH_ROWS = 64 * 1024
+
+
+@dataclass(frozen=True)
+class DatasetEntry:
+    meta: DatasetMeta
+    version: str
+
+
+class Catalog:
+    def __init__(self, executor: DuckDBExecutor, home: Path | None):
+        self._executor = executor
+        self._dir = home / "catalog" if home else None
+        self._lock = threading.RLock()
+        self._entries: dict[str, DatasetEntry] = {}
+        if self._dir:
+            self._dir.mkdir(parents=True, exist_ok=True)
+            for path in sorted(self._dir.glob("*.json")):
+                saved = json.loads(path.read_text())
+                meta = parse_dataset(saved["metadata"])
+                self._entries[meta.name.lower()] = DatasetEntry(meta, saved["version"])
+
+    # ------------------------------------------------------------ reading
+
+    def entries(self) -> list[DatasetEntry]:
+        return sorted(self._entries.values(), key=lambda e: e.meta.name)
+
+    def entry(self, name: str) -> DatasetEntry:
+        found = self._entries.get(name.lower())
+        if found is None:
+            raise NotFound(f"dataset '{name}' does not exist")
+        return found
+
+    def resolve_table(self, node: exp.Table) -> tuple[DatasetMeta, TableMeta]:
+        if node.catalog:
+            raise UndefinedTable(f"table {node.sql()} does not exist (catalogs are not used)")
+        table_name = node.name.lower()
+        schema = node.db.lower() if node.db else None
+        if schema:
+            entry = self._entries.get(schema)
+            table = entry.meta.table(table_name) if entry else None
+            if table is None:
+                raise UndefinedTable(f"table '{node.db}.{node.name}' does not exist")
+            return entry.meta, table
+        matches = [(e.meta, e.meta.table(table_name)) for e in self._entries.values()
+                   if e.meta.table(table_name) is not None]
+        if not matches:
+            raise UndefinedTable(f"table '{node.name}' does not exist")
+        if len(matches) > 1:
+            names = ", ".join(sorted(f"{m.name}.{table_name}" for m, _ in matches))
+            raise UndefinedTable(f"table name '{node.name}' is ambiguous; qualify it: {names}")
+        return matches[0]
+
+    # ------------------------------------------------------------ loading
+
+    def add(self, meta: DatasetMeta, sources: Mapping[str, Any] | None = None, *,
+            replace: bool = False) -> DatasetEntry:
+        sources = dict(sources or {})
+        unknown = set(sources) - set(meta.tables)
+        if unknown:
+            raise MetadataError("tables", f"data given for undeclared table(s): {', '.join(sorted(unknown))}")
+        with self._lock:
+            key = meta.name.lower()
+            if key in self._entries and not replace:
+                raise DataLoadError(f"dataset '{meta.name}' already exists; replace it explicitly")
+            for table in meta.tables.values():
+                if table.name not in sources and table.source is None:
+                    raise MetadataError(f"tables.{table.name}.source", "no data given for this table")
+            conn = self._executor.connection.cursor()
+            try:
+                conn.execute("BEGIN TRANSACTION")
+                conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{meta.name}"')
+                if key in self._entries:
+                    for old in self._entries[key].meta.tables.values():
+                        conn.execute(f'DROP TABLE IF EXISTS "{meta.name}"."{old.name}"')
+                for table in meta.tables.values():
+                    source = sources.get(table.name, table.source)
+                    _load_table(conn, meta.name, table, source)
+                conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except Exception:
+                    pass
+                raise
+            finally:
+                conn.close()
+            entry = DatasetEntry(meta, uuid.uuid4().hex)
+            self._save(entry)
+            self._entries[key] = entry
+            return entry
+
+    def drop(self, name: str) -> None:
+        with self._lock:
+            entry = self.entry(name)
+            conn = self._executor.connection.cursor()
+            try:
+                conn.execute(f'DROP SCHEMA IF EXISTS "{entry.meta.name}" CASCADE')
+            finally:
+                conn.close()
+            del self._entries[entry.meta.name.lower()]
+            if self._dir:
+                (self._dir / f"{entry.meta.name.lower()}.json").unlink(missing_ok=True)
+
+    def _save(self, entry: DatasetEntry) -> None:
+        if not self._dir:
+            return
+        body = {"metadata": dataset_to_dict(entry.meta), "version": entry.version}
+        path = self._dir / f"{entry.meta.name.lower()}.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body, indent=2, default=str))
+        tmp.replace(path)
+
+
+def _load_table(conn, schema: str, table: TableMeta, source: Any) -> None:
+    reader = _open_source(source, table)
+    names = {n.lower(): n for n in reader.schema.names}
+    missing = [c for c in table.columns if c not in names]
+    if missing:
+        raise DataLoadError(f"table '{table.name}': the data has no column(s) "
+                            f"{', '.join(missing)} declared in the metadata")
+    staging = f"__staging_{table.name}"
+    view = f"__source_{uuid.uuid4().hex}"
+    conn.register(view, reader)
+    try:
+        casts = []
+        for col in table.columns.values():
+            src = f'"{names[col.name]}"'
+            target = _DUCKDB_TYPES[col.type]
+            converted = f"TRY_CAST({src} AS {target})"
+            if col.type == "bool":
+                converted = f"TRY_CAST(CAST({src} AS VARCHAR) AS BOOLEAN)"
+            casts.append(f'{converted} AS "{col.name}"')
+        conn.execute(f'CREATE TEMP TABLE "{staging}" AS SELECT {", ".join(casts)}, '
+                     f'{", ".join(f"{src_col} AS __raw_{i}" for i, src_col in enumerate(_null_probe(table, names)))} '
+                     f'FROM "{view}"')
+    finally:
+        conn.unregister(view)
+    try:
+        _check_staged(conn, staging, table)
+        select = ", ".join(f'"{c}"' for c in table.columns)
+        target = f'"{schema}"."{table.name}"'
+        if table.truncate_rows_per_unit and table.privacy_unit:
+            # Deterministic choice of k rows per unit: a hash of the row, not its position.
+            order = "hash(" + ", ".join(f'"{c}"' for c in table.columns) + ")"
+            conn.execute(
+                f'CREATE TABLE {target} AS SELECT {select} FROM "{staging}" '
+                f'QUALIFY row_number() OVER (PARTITION BY "{table.privacy_unit}" ORDER BY {order}) '
+                f'<= {int(table.truncate_rows_per_unit)}')
+        else:
+            conn.execute(f'CREATE TABLE {target} AS SELECT {select} FROM "{staging}"')
+    finally:
+        conn.execute(f'DROP TABLE IF EXISTS "{staging}"')
+
+
+def _null_probe(table: TableMeta, names: dict[str, str]) -> list[str]:
+    return [f'"{names[c]}"' for c in table.columns]
+
+
+def _check_staged(conn, staging: str, table: TableMeta) -> None:
+    checks = []
+    for i, col in enumerate(table.columns.values()):
+        raw = f"__raw_{i}"
+        checks.append(f'SUM(CASE WHEN {raw} IS NOT NULL AND "{col.name}" IS NULL THEN 1 ELSE 0 END)')
+        checks.append(f'SUM(CASE WHEN {raw} IS NULL THEN 1 ELSE 0 END)')
+    counts = conn.execute(f'SELECT {", ".join(checks)} FROM "{staging}"').fetchone()
+    problems = []
+    for i, col in enumerate(table.columns.values()):
+        unconvertible, nulls = counts[2 * i] or 0, counts[2 * i + 1] or 0
+        if unconvertible:
+            problems.append(f"column '{col.name}': {unconvertible} value(s) are not of type {col.type}")
+        if nulls and (not col.nullable or col.name == table.privacy_unit):
+            what = "the privacy unit" if col.name == table.privacy_unit else "declared not nullable"
+            problems.append(f"column '{col.name}': {nulls} NULL value(s), but it is {what}")
+    if problems:
+        raise DataLoadError(f"table '{table.name}' does not match its metadata: " + "; ".join(problems))
+
+
+def _open_source(source: Any, table: TableMeta) -> pa.RecordBatchReader:
+    """A streaming reader over a CSV/Parquet path, a pandas DataFrame or an Arrow table."""
+    if source is None:
+        raise MetadataError(f"tables.{table.name}.source", "no data given for this table")
+    if isinstance(source, pa.RecordBatchReader):
+        return source
+    if isinstance(source, pa.Table):
+        return pa.RecordBatchReader.from_batches(source.schema, source.to_batches(_BATCH_ROWS))
+    if hasattr(source, "to_records") and hasattr(source, "columns"):  # pandas DataFrame
+        arrow = pa.Table.from_pandas(source, preserve_index=False)
+        return pa.RecordBatchReader.from_batches(arrow.schema, arrow.to_batches(_BATCH_ROWS))
+    path = Path(str(source))
+    if not path.is_file():
+        raise DataLoadError(f"table '{table.name}': source file not found: {path.name}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+            parquet = pq.ParquetFile(path)
+            return pa.RecordBatchReader.from_batches(parquet.schema_arrow,
+                                                     parquet.iter_batches(batch_size=_BATCH_ROWS))
+        if suffix in (".csv", ".tsv", ".txt", ".gz"):
+            import pyarrow.csv as pacsv
+            parse = pacsv.ParseOptions(delimiter="\t" if suffix == ".tsv" else ",")
+            # Read every column as text; the typed TRY_CAST in the engine decides and reports.
+            head = pacsv.open_csv(path, parse_options=parse,
+                                  read_options=pacsv.ReadOptions(block_size=1 << 20))
+            names = head.schema.names
+            head.close()
+            convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names},
+                                           strings_can_be_null=True)
+            return pacsv.open_csv(path, parse_options=parse, convert_options=convert,
+                                  read_options=pacsv.ReadOptions(block_size=1 << 22))
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataLoadError(f"table '{table.name}': the file could not be read as "
+                            f"{suffix.lstrip('.') or 'data'} ({type(err).__name__})") from None
+    raise DataLoadError(f"table '{table.name}': unsupported file type '{suffix}' (use CSV or Parquet)")

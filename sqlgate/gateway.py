@@ -1,0 +1,384 @@
+"""The embedded gateway: catalog + rewriter + engine + accountant + release, in process.
+
+Order of a query (privacy rule 4): plan (no data) -> budget pre-check (no write) -> run the
+bounded SQL -> charge the ledger atomically -> draw noise with OpenDP -> post-process ->
+remember the noisy answer so an identical repeat costs nothing and never redraws.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import tempfile
+import threading
+import uuid
+from pathlib import Path
+from typing import Any, Mapping
+
+import duckdb
+import pandas as pd
+from sqlglot import exp
+
+from accountant import Accountant, SqliteLedger
+from accountant.zcdp import rho_for_epsilon
+from rewriter import plan_query
+from rewriter.parse import parse_select
+from rewriter.plan import DPPlan
+from sqlgate import release as noise
+from sqlgate.catalog import Catalog, DatasetEntry
+from sqlgate.errors import (ExecutionFailed, InvalidParameter, PolicyRefused, SqlgateError,
+                            UndefinedTable, UnsupportedQuery)
+from sqlgate.executor import DuckDBExecutor, sandboxed_duckdb
+from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
+from sqlgate.mock import mock_table
+from sqlgate.results import DPResult, ExactResult, Explanation, OutputColumn
+
+DEFAULT_STATEMENT_TIMEOUT_S = 30.0
+EXACT_ROW_LIMIT = 10_000
+_MEASURE_FOR_MECHANISM = {"laplace": "pure", "gaussian": "zcdp"}
+
+
+class Gateway:
+    def __init__(self, home: str | Path | None = None, *, ledger=None,
+                 statement_timeout_s: float = DEFAULT_STATEMENT_TIMEOUT_S,
+                 threads: int | None = None):
+        self._tmp = None
+        if home is None:
+            # An in-memory engine still needs a durable ledger file for its transactions.
+            self._tmp = tempfile.TemporaryDirectory(prefix="sqlgate-")
+            ledger_path = Path(self._tmp.name) / "ledger.sqlite"
+            self.home = None
+            self.executor = DuckDBExecutor(None, threads=threads)
+        else:
+            self.home = Path(home)
+            self.home.mkdir(parents=True, exist_ok=True)
+            ledger_path = self.home / "ledger.sqlite"
+            self.executor = DuckDBExecutor(str(self.home / "data.duckdb"), threads=threads)
+        self.statement_timeout_s = statement_timeout_s
+        self.catalog = Catalog(self.executor, self.home)
+        self.accountant = Accountant(ledger or SqliteLedger(str(ledger_path)))
+        self._post = threading.local()
+        for entry in self.catalog.entries():
+            self._register_budgets(entry.meta)
+
+    # ------------------------------------------------------------ owner actions
+
+    def add_dataset(self, meta: DatasetMeta, sources: Mapping[str, Any] | None = None, *,
+                    replace: bool = False) -> DatasetMeta:
+        entry = self.catalog.add(meta, sources, replace=replace)
+        self._register_budgets(entry.meta)
+        return entry.meta
+
+    def load_dataset_yaml(self, path: str | Path, *, replace: bool = False) -> DatasetMeta:
+        return self.add_dataset(load_dataset_yaml(path), replace=replace)
+
+    def drop_dataset(self, name: str) -> None:
+        self.catalog.drop(name)
+
+    def set_budget(self, analyst: str, dataset: str, budget: Budget, set_by: str = "owner"):
+        self.catalog.entry(dataset)
+        self.accountant.set_budget(analyst, self.catalog.entry(dataset).meta.name, budget,
+                                   set_by=set_by)
+        return self.budget(analyst, dataset)
+
+    # ------------------------------------------------------------ reading metadata
+
+    def datasets(self) -> list[DatasetMeta]:
+        return [e.meta for e in self.catalog.entries()]
+
+    def dataset(self, name: str) -> DatasetMeta:
+        return self.catalog.entry(name).meta
+
+    def budget(self, analyst: str, dataset: str):
+        return self.accountant.status(analyst, self.catalog.entry(dataset).meta.name)
+
+    def mock_table(self, dataset: str, table: str, rows: int = 100, seed: int = 0) -> pd.DataFrame:
+        meta = self.catalog.entry(dataset).meta
+        table_meta = meta.table(table)
+        if table_meta is None:
+            raise UndefinedTable(f"table '{dataset}.{table}' does not exist")
+        if not 1 <= rows <= 100_000:
+            raise InvalidParameter("rows must be between 1 and 100000")
+        return mock_table(table_meta, rows=rows, seed=seed)
+
+    # ------------------------------------------------------------ analyst actions
+
+    def describe(self, sql: str) -> list[OutputColumn]:
+        """Output columns of a query, without touching data or budget."""
+        plan, _ = self._plan(sql)
+        return list(self._output_columns(plan, None, None))
+
+    def explain(self, sql: str, *, analyst: str, epsilon: float | None = None) -> Explanation:
+        plan, entry = self._plan(sql)
+        epsilon = self._epsilon(entry.meta, epsilon)
+        release_plan = self._calibrate(plan, entry.meta, epsilon)
+        columns = self._output_columns(plan, release_plan, None)
+        return Explanation(
+            dataset=entry.meta.name, cost=release_plan.cost, columns=columns,
+            rewritten_sql=plan.bounded_sql, mechanism=entry.meta.mechanism,
+            key_release=plan.keys.mode, budget=self.accountant.status(analyst, entry.meta.name),
+            threshold=release_plan.threshold.threshold if release_plan.threshold else None,
+            notes=_accuracy_notes(plan))
+
+    def query(self, sql: str, *, analyst: str, epsilon: float | None = None,
+              cancel: threading.Event | None = None) -> DPResult:
+        plan, entry = self._plan(sql)
+        meta = entry.meta
+        epsilon = self._epsilon(meta, epsilon)
+        release_plan = self._calibrate(plan, meta, epsilon)
+        columns = self._output_columns(plan, release_plan, None)  # binds post-processing early
+        query_key = _query_key(entry, plan, epsilon)
+        cached = self.accountant.cached_answer(analyst, meta.name, query_key)
+        if cached is not None:
+            return DPResult.from_json_bytes(cached, cached=True)
+        self.accountant.check(analyst, meta.name, release_plan.cost)
+        raw = self.executor.run(plan.bounded_sql, timeout_s=self.statement_timeout_s, cancel=cancel)
+        charge_id = self.accountant.charge(analyst, meta.name, release_plan.cost,
+                                           query_key=query_key, query_text=sql)
+        # From here on the budget is spent: failures below do not refund (rule 4).
+        noisy = _noisy_table(plan, release_plan, raw.rows)
+        rows, columns = self._postprocess(plan, release_plan, noisy)
+        result = DPResult(columns=columns, rows=rows, cost=release_plan.cost, cached=False,
+                          query_id=uuid.uuid4().hex, dataset=meta.name, sql=sql,
+                          rewritten_sql=plan.bounded_sql, mechanism=meta.mechanism,
+                          key_release=plan.keys.mode)
+        self.accountant.record_answer(charge_id, result.to_json_bytes())
+        return result
+
+    def run_exact(self, sql: str, dataset: str, *, row_limit: int = EXACT_ROW_LIMIT) -> ExactResult:
+        """An exact, un-noised answer. Only for requests a data owner approved."""
+        entry = self.catalog.entry(dataset)
+        select = parse_select(sql)
+        for node in select.walk():
+            if isinstance(node, exp.Table):
+                if not isinstance(node.this, exp.Identifier):
+                    raise PolicyRefused("only dataset tables can be read")
+                if node.name.lower() in _cte_names(select):
+                    continue
+                meta, table = self.catalog.resolve_table(node)
+                if meta.name != entry.meta.name:
+                    raise PolicyRefused(f"the approved request covers dataset "
+                                        f"'{entry.meta.name}' only")
+                node.set("db", exp.to_identifier(meta.name, quoted=True))
+                node.set("this", exp.to_identifier(table.name, quoted=True))
+        limited = exp.select("*").from_(select.subquery("approved")).limit(row_limit + 1)
+        raw = self.executor.run(limited.sql(dialect="duckdb"), timeout_s=self.statement_timeout_s)
+        truncated = len(raw.rows) > row_limit
+        rows = raw.rows[:row_limit]
+        types = tuple(_python_type_name(rows, i) for i in range(len(raw.columns)))
+        return ExactResult(columns=raw.columns, types=types, rows=rows, truncated=truncated)
+
+    def close(self) -> None:
+        self.executor.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ------------------------------------------------------------ internals
+
+    def _register_budgets(self, meta: DatasetMeta) -> None:
+        self.accountant.register_dataset(meta.name, measure=_MEASURE_FOR_MECHANISM[meta.mechanism],
+                                         default_budget=meta.default_budget,
+                                         analyst_budgets=dict(meta.analyst_budgets))
+
+    def _plan(self, sql: str) -> tuple[DPPlan, DatasetEntry]:
+        if not isinstance(sql, str):
+            raise InvalidParameter("the query must be a string")
+        plan = plan_query(sql, self.catalog.resolve_table)
+        return plan, self.catalog.entry(plan.dataset)
+
+    @staticmethod
+    def _epsilon(meta: DatasetMeta, epsilon: float | None) -> float:
+        if epsilon is None:
+            return meta.query_epsilon
+        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) \
+                or not math.isfinite(epsilon) or epsilon <= 0:
+            raise InvalidParameter("epsilon must be a positive finite number")
+        return float(epsilon)
+
+    @staticmethod
+    def _calibrate(plan: DPPlan, meta: DatasetMeta, epsilon: float):
+        return noise.calibrate(plan, epsilon=epsilon, delta=meta.query_delta,
+                               mechanism=meta.mechanism, rho_for_epsilon=rho_for_epsilon)
+
+    def _scratch(self) -> duckdb.DuckDBPyConnection:
+        """A per-thread engine that only ever holds noisy values (post-processing)."""
+        conn = getattr(self._post, "conn", None)
+        if conn is None:
+            conn = sandboxed_duckdb(None, threads=1)
+            self._post.conn = conn
+        return conn
+
+    def _run_postprocess(self, plan: DPPlan, noisy: pd.DataFrame):
+        conn = self._scratch()
+        conn.register("noisy", noisy)
+        try:
+            relation = conn.execute(plan.postprocess.sql(dialect="duckdb"))
+            types = [str(d[1]) for d in relation.description]
+            return relation.fetchall(), types
+        except duckdb.Error as err:
+            # Only public keys and noisy values are in this engine, so its message is safe;
+            # still keep it short and typed.
+            raise UnsupportedQuery(f"the query's result expressions could not be computed: "
+                                   f"{str(err).splitlines()[0][:200]}") from None
+        finally:
+            conn.unregister("noisy")
+
+    def _output_columns(self, plan: DPPlan, release_plan, noisy_rows) -> tuple[OutputColumn, ...]:
+        _, types = self._run_postprocess(plan, _empty_noisy_table(plan))
+        columns = []
+        for spec, engine_type in zip(plan.outputs, types):
+            type_name = spec.type or _type_from_engine(engine_type)
+            ci = None
+            if release_plan is not None and spec.measure is not None:
+                ci = release_plan.ci95(plan.measure(spec.measure))
+            columns.append(OutputColumn(spec.name, type_name, spec.noisy, ci))
+        return tuple(columns)
+
+    def _postprocess(self, plan: DPPlan, release_plan, noisy: pd.DataFrame):
+        rows, types = self._run_postprocess(plan, noisy)
+        columns = []
+        for index, (spec, engine_type) in enumerate(zip(plan.outputs, types)):
+            type_name = spec.type or _type_from_engine(engine_type)
+            ci = None
+            if spec.measure is not None:
+                ci = release_plan.ci95(plan.measure(spec.measure))
+            elif spec.ratio_of is not None:
+                ci = _typical_ratio_ci(plan, release_plan, noisy, spec.ratio_of)
+            columns.append(OutputColumn(spec.name, type_name, spec.noisy, ci))
+        return rows, tuple(columns)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _query_key(entry: DatasetEntry, plan: DPPlan, epsilon: float) -> str:
+    text = "\x1f".join([entry.meta.name, entry.version, plan.canonical_sql, repr(epsilon),
+                        entry.meta.mechanism, repr(entry.meta.query_delta)])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple]) -> pd.DataFrame:
+    """Keys (public or thresholded) and noisy measures: everything post-processing sees."""
+    key_count = len(plan.keys.key_names)
+    measures = plan.measures
+    by_key = {tuple(row[:key_count]): row[key_count:] for row in raw_rows}
+    if plan.keys.mode == "none":
+        cells = [()]
+    elif plan.keys.mode == "public":
+        cells = list(plan.keys.public_cells)
+    else:
+        count_index = [m.name for m in measures].index(plan.keys.threshold_measure)
+        raw_keys = list(by_key)
+        counts = {str(i): by_key[k][count_index] for i, k in enumerate(raw_keys)}
+        kept = noise.threshold_keys(release_plan, counts)
+        # Keep the order stable and independent of the data's row order.
+        cells = [raw_keys[int(i)] for i in sorted(kept, key=int)]
+        cells.sort(key=lambda key: tuple((v is None, str(v)) for v in key))
+        kept_counts = {raw_keys[int(i)]: v for i, v in kept.items()}
+    columns: dict[str, list] = {name: [cell[i] for cell in cells]
+                                for i, name in enumerate(plan.keys.key_names)}
+    for index, m in enumerate(measures):
+        clean = [_as_int(by_key.get(cell, (None,) * len(measures))[index]) for cell in cells]
+        if plan.keys.mode == "threshold" and m.name == plan.keys.threshold_measure:
+            columns[m.name] = [kept_counts[cell] for cell in cells]
+        else:
+            columns[m.name] = noise.noisy_vector(release_plan.noise[m.name], clean)
+    frame = pd.DataFrame(columns, columns=list(plan.keys.key_names) + [m.name for m in measures])
+    for i, name in enumerate(plan.keys.key_names):
+        frame[name] = _typed_keys(frame[name], plan.keys.key_types[i])
+    for m in measures:
+        frame[m.name] = frame[m.name].astype("int64")
+    return frame
+
+
+def _empty_noisy_table(plan: DPPlan) -> pd.DataFrame:
+    frame = pd.DataFrame({name: [] for name in plan.keys.key_names})
+    for i, name in enumerate(plan.keys.key_names):
+        frame[name] = _typed_keys(frame[name], plan.keys.key_types[i])
+    for m in plan.measures:
+        frame[m.name] = pd.Series([], dtype="int64")
+    return frame
+
+
+def _typed_keys(series: pd.Series, type_name: str) -> pd.Series:
+    if type_name == "int":
+        return series.astype("Int64")
+    if type_name == "float":
+        return series.astype("float64")
+    if type_name == "bool":
+        return series.astype("boolean")
+    if type_name == "date":
+        return pd.to_datetime(series).dt.date.astype("object") if len(series) else series.astype("datetime64[s]")
+    return series.astype("object") if len(series) else series.astype("string")
+
+
+def _as_int(value) -> int:
+    return 0 if value is None else int(value)
+
+
+def _type_from_engine(engine_type: str) -> str:
+    upper = engine_type.upper()
+    if any(t in upper for t in ("INT", "HUGEINT")):
+        return "int"
+    if any(t in upper for t in ("DOUBLE", "FLOAT", "DECIMAL", "REAL")):
+        return "float"
+    if "BOOL" in upper:
+        return "bool"
+    if "DATE" in upper or "TIMESTAMP" in upper:
+        return "date"
+    return "string"
+
+
+def _typical_ratio_ci(plan: DPPlan, release_plan, noisy: pd.DataFrame, ratio_of) -> float | None:
+    """A delta-method 95% half-width for sum/count, at the median noisy count."""
+    if noisy.empty:
+        return None
+    numerator, denominator = (plan.measure(n) for n in ratio_of)
+    ci_sum = release_plan.ci95(numerator)
+    ci_count = release_plan.ci95(denominator)
+    counts = noisy[denominator.name].clip(lower=1).astype(float)
+    means = (noisy[numerator.name].astype(float) / numerator.scale_factor) / counts
+    typical = ((ci_sum + means.abs() * ci_count) / counts).median()
+    return float(typical) if math.isfinite(typical) else None
+
+
+def _accuracy_notes(plan: DPPlan) -> tuple[str, ...]:
+    notes = []
+    if any(o.ratio_of for o in plan.outputs):
+        notes.append("AVG/VARIANCE/STDDEV accuracy depends on group size: roughly "
+                     "(ci95(sum) + |avg| * ci95(count)) / count")
+    if plan.keys.mode == "threshold":
+        notes.append("group keys come from the data and are released only when their noisy "
+                     "count passes the threshold")
+    if plan.direct_path:
+        notes.append("contributions were bounded at ingest (truncated rows per unit)")
+    return tuple(notes)
+
+
+def _cte_names(select: exp.Select) -> set[str]:
+    with_ = select.args.get("with_") or select.args.get("with")
+    if not with_:
+        return set()
+    return {cte.alias.lower() for cte in with_.expressions}
+
+
+def _python_type_name(rows: list[tuple], index: int) -> str:
+    for row in rows:
+        value = row[index]
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            return "bool"
+        if isinstance(value, int):
+            return "int"
+        if isinstance(value, float):
+            return "float"
+        if hasattr(value, "isoformat"):
+            return "date"
+        return "string"
+    return "string"

@@ -1,0 +1,221 @@
+"""Calibrate and draw the noise of a plan, with OpenDP only (privacy rule 2).
+
+Every measure is a vector of integers (fixed-point sums, counts). One OpenDP measurement is
+built per measure and applied to the whole vector in one call: integer Laplace for pure DP,
+integer (discrete) Gaussian for zCDP. Group keys found in the data (no public key set) are
+released only through OpenDP's threshold mechanisms, which cost delta.
+
+The budget a query asks for is split evenly over its measures. Calibration computes the
+analytic scale and then checks it with the measurement's own privacy map, so the cost we
+charge is what OpenDP certifies, not what we hope.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import opendp.prelude as dp
+
+from accountant.cost import PrivacyCost
+from rewriter.plan import DPPlan, Measure
+from sqlgate.errors import InvalidParameter, PolicyRefused
+
+dp.enable_features("contrib")
+
+_I64_MAX = 2**63 - 1
+# Noisy sums stay well inside i64 after noise, so the clamp below is the only overflow guard.
+_SUM_LIMIT = 2**62
+_LAPLACE_CI95 = math.log(20.0)  # P(|Laplace(b)| > b ln 20) = 0.05
+_GAUSS_CI95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class NoiseSpec:
+    measure: str
+    mechanism: str  # laplace | gaussian
+    scale: float  # in the measure's integer units
+    ci95: float  # 95% half-width in the measure's integer units
+
+
+@dataclass(frozen=True)
+class ThresholdSpec:
+    measure: str
+    threshold: int
+    delta: float
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    cost: PrivacyCost
+    noise: dict[str, NoiseSpec]
+    threshold: ThresholdSpec | None
+    mechanism: str
+
+    def ci95(self, measure: Measure) -> float:
+        return self.noise[measure.name].ci95 / measure.scale_factor
+
+
+def calibrate(plan: DPPlan, *, epsilon: float, delta: float, mechanism: str,
+              rho_for_epsilon) -> ReleasePlan:
+    """Scales for every measure so the whole query is (epsilon, delta)-DP.
+
+    `delta` is only spent where needed: by the threshold for keys found in the data, and
+    (zCDP) by the conversion that defines what `epsilon` means for a Gaussian query.
+    """
+    if not (isinstance(epsilon, (int, float)) and math.isfinite(epsilon) and epsilon > 0):
+        raise InvalidParameter("epsilon must be a positive finite number")
+    if epsilon > 100:
+        raise InvalidParameter("epsilon above 100 gives no meaningful privacy; ask for less")
+    k = len(plan.measures)
+    thresholded = plan.keys.mode == "threshold"
+    if thresholded and delta <= 0:
+        raise PolicyRefused("grouping by columns without a public key set needs a threshold "
+                            "release, which needs delta > 0; the dataset allows delta = 0")
+    noise: dict[str, NoiseSpec] = {}
+    threshold = None
+    if mechanism == "laplace":
+        per_measure = epsilon / k
+        for m in plan.measures:
+            noise[m.name] = _laplace(m, per_measure)
+        if thresholded:
+            threshold = _laplace_threshold(plan.measure(plan.keys.threshold_measure),
+                                           noise[plan.keys.threshold_measure].scale, delta)
+        cost = PrivacyCost("pure", epsilon=epsilon, delta=threshold.delta if threshold else 0.0)
+    elif mechanism == "gaussian":
+        if delta <= 0:
+            raise PolicyRefused("Gaussian noise needs delta > 0; the dataset allows delta = 0")
+        conversion_delta = delta / 2 if thresholded else delta
+        rho = rho_for_epsilon(epsilon, conversion_delta)
+        per_measure = rho / k
+        for m in plan.measures:
+            noise[m.name] = _gaussian(m, per_measure)
+        if thresholded:
+            threshold = _gaussian_threshold(plan.measure(plan.keys.threshold_measure),
+                                            noise[plan.keys.threshold_measure].scale, delta / 2)
+        cost = PrivacyCost("zcdp", epsilon=epsilon, delta=threshold.delta if threshold else 0.0,
+                           rho=rho)
+    else:
+        raise InvalidParameter(f"unknown mechanism {mechanism!r}")
+    return ReleasePlan(cost=cost, noise=noise, threshold=threshold, mechanism=mechanism)
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def _vector_laplace(scale: float):
+    return dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T="i64")),
+                             dp.l1_distance(T="i64"), scale=scale)
+
+
+def _vector_gaussian(scale: float):
+    return dp.m.make_gaussian(dp.vector_domain(dp.atom_domain(T="i64")),
+                              dp.l2_distance(T="f64"), scale=scale)
+
+
+@lru_cache(maxsize=4096)
+def _calibrated_laplace_scale(l1: int, epsilon: float) -> float:
+    scale = l1 / epsilon
+    while _vector_laplace(scale).map(l1) > epsilon:
+        scale *= 1 + 1e-9
+    return scale
+
+
+@lru_cache(maxsize=4096)
+def _calibrated_gaussian_scale(l2: float, rho: float) -> float:
+    scale = l2 / math.sqrt(2 * rho)
+    while _vector_gaussian(scale).map(l2) > rho:
+        scale *= 1 + 1e-9
+    return scale
+
+
+def _laplace(m: Measure, epsilon: float) -> NoiseSpec:
+    scale = _calibrated_laplace_scale(int(m.sensitivity.l1), float(epsilon))
+    return NoiseSpec(m.name, "laplace", scale, scale * _LAPLACE_CI95)
+
+
+def _gaussian(m: Measure, rho: float) -> NoiseSpec:
+    scale = _calibrated_gaussian_scale(float(m.sensitivity.l2), float(rho))
+    return NoiseSpec(m.name, "gaussian", scale, scale * _GAUSS_CI95)
+
+
+def _threshold_domain():
+    return dp.map_domain(dp.atom_domain(T=str), dp.atom_domain(T="i64"))
+
+
+def _laplace_threshold_measurement(scale: float, threshold: int):
+    return dp.m.make_laplace_threshold(_threshold_domain(),
+                                       dp.l01inf_distance(dp.absolute_distance(T="i64")),
+                                       scale=scale, threshold=threshold)
+
+
+def _gaussian_threshold_measurement(scale: float, threshold: int):
+    return dp.m.make_gaussian_threshold(_threshold_domain(),
+                                        dp.l02inf_distance(dp.absolute_distance(T="i64")),
+                                        scale=scale, threshold=threshold)
+
+
+def _threshold_d_in(m: Measure) -> tuple[int, int, int]:
+    s = m.sensitivity
+    # The middle entry is an upper bound on the L1 (Laplace) / L2 (Gaussian) norm; OpenDP
+    # tightens the L2 one with sqrt(l0) * linf itself.
+    return (int(s.l0), int(s.l1), int(s.linf))
+
+
+@lru_cache(maxsize=1024)
+def _search_threshold(kind: str, d_in: tuple[int, int, int], scale: float, delta: float) -> ThresholdSpec:
+    build = _laplace_threshold_measurement if kind == "laplace" else _gaussian_threshold_measurement
+    low = max(1, d_in[2])
+    high = low
+    while build(scale, high).map(d_in)[1] > delta:
+        high *= 2
+        if high > 2**52:
+            raise PolicyRefused("no threshold reaches the requested delta")
+    while low < high:
+        middle = (low + high) // 2
+        if build(scale, middle).map(d_in)[1] <= delta:
+            high = middle
+        else:
+            low = middle + 1
+    return ThresholdSpec("", high, build(scale, high).map(d_in)[1])
+
+
+def _laplace_threshold(m: Measure, scale: float, delta: float) -> ThresholdSpec:
+    spec = _search_threshold("laplace", _threshold_d_in(m), scale, delta)
+    return ThresholdSpec(m.name, spec.threshold, spec.delta)
+
+
+def _gaussian_threshold(m: Measure, scale: float, delta: float) -> ThresholdSpec:
+    spec = _search_threshold("gaussian", _threshold_d_in(m), scale, delta)
+    return ThresholdSpec(m.name, spec.threshold, spec.delta)
+
+
+# ---------------------------------------------------------------- drawing noise
+
+
+def _clamp_i64(value) -> int:
+    if value is None:
+        return 0
+    value = int(value)
+    return max(-_SUM_LIMIT, min(_SUM_LIMIT, value))
+
+
+def noisy_vector(spec: NoiseSpec, values: list[int]) -> list[int]:
+    if not values:
+        return []
+    clean = [_clamp_i64(v) for v in values]
+    measurement = _vector_laplace(spec.scale) if spec.mechanism == "laplace" else _vector_gaussian(spec.scale)
+    return list(measurement(clean))
+
+
+def threshold_keys(release: ReleasePlan, counts: dict[str, int]) -> dict[str, int]:
+    """Noisy counts of the keys that pass the threshold (all others are dropped)."""
+    spec = release.threshold
+    scale = release.noise[spec.measure].scale
+    if release.mechanism == "laplace":
+        measurement = _laplace_threshold_measurement(scale, spec.threshold)
+    else:
+        measurement = _gaussian_threshold_measurement(scale, spec.threshold)
+    if not counts:
+        return {}
+    return dict(measurement({key: _clamp_i64(v) for key, v in counts.items()}))

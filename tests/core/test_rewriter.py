@@ -1,0 +1,140 @@
+"""The rewriter: refusals with clear messages, bounds from metadata only, bounded SQL shape."""
+import re
+
+import pytest
+from sqlglot import exp
+
+from rewriter import plan_query
+from sqlgate.errors import (PolicyRefused, ReadOnlyViolation, SqlSyntaxError, UndefinedColumn,
+                            UndefinedTable, UnsupportedQuery)
+
+from tests.core.conftest import people_metadata
+
+META = people_metadata()
+
+
+def resolve(node, meta=META):
+    table = meta.table(node.name)
+    if table is None or (node.db and node.db != meta.name):
+        raise UndefinedTable(f"table '{node.name}' does not exist")
+    return meta, table
+
+
+def plan(sql, meta=META):
+    return plan_query(sql, lambda node: resolve(node, meta))
+
+
+@pytest.mark.parametrize("sql,error,words", [
+    ("SELECT * FROM people", PolicyRefused, "SELECT *"),
+    ("SELECT age FROM people", PolicyRefused, "raw rows"),
+    ("SELECT age, COUNT(*) FROM people", PolicyRefused, "neither aggregated nor a GROUP BY key"),
+    ("SELECT pid, COUNT(*) FROM people GROUP BY pid", PolicyRefused, "privacy unit"),
+    ("SELECT DISTINCT region FROM people", PolicyRefused, "DISTINCT"),
+    ("SELECT COUNT(*) OVER () FROM people", PolicyRefused, "window"),
+    ("SELECT SUM(income) FROM people", PolicyRefused, "no declared bounds"),
+    ("SELECT AVG(pid) FROM people", PolicyRefused, "privacy unit"),
+    ("SELECT COUNT(*) FROM read_csv('/etc/passwd')", PolicyRefused, "only dataset tables"),
+    ("SELECT MAX(age) FROM people", UnsupportedQuery, "quantile"),
+    ("SELECT MEDIAN(age) FROM people", UnsupportedQuery, "quantile"),
+    ("SELECT COUNT(DISTINCT city) FROM people", UnsupportedQuery, "privacy unit"),
+    ("SELECT SUM(age * 2) FROM people", UnsupportedQuery, "single column"),
+    ("SELECT COUNT(*) FROM people a JOIN people b ON a.pid = b.pid", UnsupportedQuery, "joins"),
+    ("WITH x AS (SELECT * FROM people) SELECT COUNT(*) FROM x", UnsupportedQuery, "WITH"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM people) t", UnsupportedQuery, "subqueries"),
+    ("SELECT COUNT(*) FROM people WHERE age IN (SELECT age FROM people)", UnsupportedQuery, "subqueries"),
+    ("SELECT COUNT(*) FROM people UNION SELECT COUNT(*) FROM people", UnsupportedQuery, "UNION"),
+    ("SELECT COUNT(*) FROM people WHERE regexp_matches(note, 'a')", UnsupportedQuery, "REGEXP"),
+    ("SELECT COUNT(*) FROM people WHERE md5(note) = 'x'", UnsupportedQuery, "MD5"),
+    ("SELECT COUNT(*) FROM people GROUP BY ROLLUP (region)", UnsupportedQuery, "ROLLUP"),
+    ("SELECT COUNT(*); SELECT COUNT(*) FROM people", UnsupportedQuery, "one statement"),
+    ("SELECT 1", UnsupportedQuery, "FROM"),
+    ("SELECT COUNT(*) FROM people LIMIT $1", UnsupportedQuery, "parameter"),
+    ("DELETE FROM people", ReadOnlyViolation, "read-only"),
+    ("INSERT INTO people VALUES (1)", ReadOnlyViolation, "read-only"),
+    ("CREATE TABLE t AS SELECT * FROM people", ReadOnlyViolation, "read-only"),
+    ("DROP TABLE people", ReadOnlyViolation, "read-only"),
+    ("COPY people TO '/tmp/x.csv'", PolicyRefused, "COPY"),
+    ("ATTACH 'x.db' AS x", PolicyRefused, "ATTACH"),
+    ("PRAGMA database_list", PolicyRefused, "PRAGMA"),
+    ("INSTALL httpfs", PolicyRefused, "INSTALL"),
+    ("SELECT COUNT(* FROM people", SqlSyntaxError, "syntax"),
+    ("SELECT COUNT(*) FROM nowhere", UndefinedTable, "nowhere"),
+    ("SELECT COUNT(*) FROM people WHERE nope > 1", UndefinedColumn, "nope"),
+])
+def test_unsupported_or_unsafe_sql_is_refused_with_a_reason(sql, error, words):
+    with pytest.raises(error) as err:
+        plan(sql)
+    assert words.lower() in err.value.message.lower()
+
+
+def test_sensitivity_comes_from_metadata_bounds():
+    meta = people_metadata(max_groups_per_unit=2, max_rows_per_group=3)
+    p = plan("SELECT region, COUNT(*), SUM(age), SUM(score) FROM people GROUP BY region", meta)
+    by_kind = {(m.kind, m.column): m for m in p.measures}
+    count = by_kind[("count", None)].sensitivity
+    assert (count.l0, count.linf, count.l1) == (2, 3, 6)
+    age = by_kind[("sum", "age")]
+    assert age.fixed_point_bits == 0
+    assert (age.sensitivity.linf, age.sensitivity.l1) == (3 * 100, 2 * 3 * 100)
+    score = by_kind[("sum", "score")]
+    assert score.sensitivity.linf == 3 * 10 * score.scale_factor
+    assert score.sensitivity.l2 == pytest.approx(2 ** 0.5 * 3 * 10 * score.scale_factor)
+
+
+def test_bounds_in_sql_are_the_declared_ones_and_data_is_clamped():
+    p = plan("SELECT SUM(score) FROM people")
+    sql = p.bounded_sql
+    assert "GREATEST(CAST(\"score\" AS DOUBLE), 0)" in sql and ", 10)" in sql
+    # no statistic of the data (MIN/MAX/quantile) is ever computed to find bounds
+    for word in ("MIN(", "MAX(", "QUANTILE", "PERCENTILE"):
+        assert word not in sql.upper()
+
+
+def test_per_unit_preaggregation_and_no_window_over_raw_rows():
+    meta = people_metadata(max_groups_per_unit=2)
+    p = plan("SELECT city, COUNT(*) FROM people WHERE age > 3 GROUP BY city", meta)
+    tree = p.bounded
+    ctes = {cte.alias: cte.this for cte in tree.args["with_"].expressions}
+    assert set(ctes) == {"src", "per_unit", "bounded"}
+    per_unit_groups = [c.name for c in ctes["per_unit"].args["group"].expressions]
+    assert per_unit_groups == ["__unit", "k0"]
+    assert ctes["src"].find(exp.Window) is None and ctes["per_unit"].find(exp.Window) is None
+    window = ctes["bounded"].find(exp.Window)
+    assert window is not None and ctes["bounded"].args["from_"].this.name == "per_unit"
+    order_sql = window.args["order"].sql().upper()
+    assert "HASH" in order_sql and "RANDOM" not in order_sql
+
+
+def test_public_keys_filter_rows_and_need_no_threshold():
+    p = plan("SELECT region, COUNT(*) FROM people GROUP BY region")
+    assert p.keys.mode == "public"
+    assert {c[0] for c in p.keys.public_cells} == {"north", "south", "east", "west"}
+    assert "IN ('north', 'south', 'east', 'west')" in p.bounded_sql
+
+
+def test_keys_without_public_set_use_a_threshold_on_units():
+    p = plan("SELECT city, SUM(age) FROM people GROUP BY city")
+    assert p.keys.mode == "threshold"
+    assert p.measure(p.keys.threshold_measure).kind in ("count", "units")
+
+
+def test_where_is_made_total():
+    p = plan("SELECT COUNT(*) FROM people WHERE CAST(note AS INT) / age > 2")
+    assert "TRY(" in p.bounded_sql and "TRY_CAST" in p.bounded_sql
+    assert not re.search(r"(?<!TRY_)CAST\(note", p.bounded_sql)
+
+
+def test_having_order_limit_are_post_processing_only():
+    p = plan("SELECT region, COUNT(*) AS n FROM people GROUP BY region HAVING COUNT(*) > 5 "
+             "ORDER BY n DESC LIMIT 2")
+    assert "LIMIT" not in p.bounded_sql.upper() and "ORDER" not in p.bounded_sql.split("bounded")[-1].upper()
+    post = p.postprocess.sql(dialect="duckdb")
+    assert "FROM noisy" in post and "LIMIT 2" in post and '"m0" > 5' in post
+
+
+def test_ingest_truncation_allows_the_direct_path():
+    meta = people_metadata(truncate_rows_per_unit=1)
+    p = plan("SELECT region, COUNT(*), SUM(age) FROM people GROUP BY region", meta)
+    assert p.direct_path
+    assert "per_unit" not in p.bounded_sql
+    assert p.measures[0].sensitivity.l1 == 1
