@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 from rewriter.parse import parse_select, parse_statements
-from rewriter.plan import DPPlan, KeyRelease, Measure, OutputColumnSpec, Sensitivity
-from rewriter.planner import TableResolver, plan_select
+from rewriter.plan import DPPlan, KeyRelease, Measure, OutputColumnSpec, QuantileMeasure, Sensitivity
+from rewriter.planner import plan_select
+from rewriter.scope import TableResolver
 
 
 def plan_query(sql: str, resolve_table: TableResolver) -> DPPlan:

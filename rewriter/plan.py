@@ -42,6 +42,21 @@ class Measure:
 
 
 @dataclass(frozen=True)
+class QuantileMeasure:
+    """A quantile released by OpenDP's exponential-mechanism scorer over fixed candidates."""
+
+    name: str
+    column: str
+    alpha: float
+    lower: float
+    upper: float
+    candidates: tuple[float, ...]
+    groups_per_unit: int
+    rows_per_unit: int
+    """Rows one unit can add to a group's value vector (the symmetric distance d_in)."""
+
+
+@dataclass(frozen=True)
 class KeyRelease:
     """How the group keys of the answer are chosen.
 
@@ -73,14 +88,22 @@ class DPPlan:
     dataset: str
     table: str
     canonical_sql: str
-    bounded: exp.Select
+    bounded: exp.Select | None
     bounded_sql: str
+    """Empty when the query has only quantiles (their values come from quantile_sql)."""
     keys: KeyRelease
     measures: tuple[Measure, ...]
     outputs: tuple[OutputColumnSpec, ...]
     postprocess: exp.Select
     direct_path: bool = False
+    quantiles: tuple[QuantileMeasure, ...] = ()
+    quantile_sql: str | None = None
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def engine_sql(self) -> str:
+        """Everything that runs on private data, for audit and explain."""
+        return ";\n".join(sql for sql in (self.bounded_sql, self.quantile_sql) if sql)
 
     def measure(self, name: str) -> Measure:
         for m in self.measures:

@@ -2,82 +2,85 @@
 
 Shape of the bounded SQL (privacy rule 1, bounds from metadata only):
 
-    src       the table's rows passing WHERE (made total), values clamped to the declared
-              bounds and turned into fixed-point integers
+    src       the rows of the FROM clause (tables joined on the unit) passing WHERE (made
+              total), values clamped to the declared bounds as fixed-point integers
     per_unit  GROUP BY unit, keys: each unit's contribution to each group, capped at
               max_rows_per_group rows' worth (the Linf bound)
     bounded   at most max_groups_per_unit groups per unit, chosen by a hash of the keys
               (deterministic, depends on the unit's own rows only: the L0 bound)
     result    GROUP BY keys: one integer sum per measure and group
 
-When the owner truncated the table to k rows per unit at ingest and k is no larger than
-the per-unit bound, the per-unit stages are skipped (the "direct path"): a unit then moves a
+When the owner truncated a table to k rows per unit at ingest and k is no larger than the
+per-unit bound, the per-unit stages are skipped (the "direct path"): a unit then moves a
 group by at most k rows, so plain clamped GROUP BY sums already have bounded sensitivity.
+
+Quantiles (MIN/MAX/MEDIAN/PERCENTILE_CONT) need the values themselves: a second query
+returns each group's clamped values, at most max_rows_per_group per unit and group and
+max_groups_per_unit groups per unit; OpenDP scores candidates over the declared bounds.
 """
 from __future__ import annotations
 
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Callable
 
 from sqlglot import exp
 
-from rewriter.aggregates import AggregateUse, BaseMeasure, classify_aggregate
-from rewriter.plan import DPPlan, KeyRelease, Measure, OutputColumnSpec, Sensitivity
-from rewriter.rowexpr import TableScope, check_row_expression, total_predicate
+from rewriter.aggregates import AggregateUse, BaseMeasure, classify_aggregate, is_aggregate
+from rewriter.flatten import flatten
+from rewriter.plan import DPPlan, KeyRelease, Measure, OutputColumnSpec, QuantileMeasure, Sensitivity
+from rewriter.rowexpr import check_row_expression, total_predicate
+from rewriter.scope import QueryScope, TableResolver, build_scope
 from sqlgate.errors import PolicyRefused, UnsupportedQuery
-from sqlgate.metadata import ColumnMeta, DatasetMeta, TableMeta
-
-TableResolver = Callable[[exp.Table], "tuple[DatasetMeta, TableMeta]"]
+from sqlgate.metadata import ColumnMeta
 
 NOISY_TABLE = "noisy"
 UNIT = "__unit"
 # Fixed-point values per row stay below 2**31 so that sums of billions of rows fit in i64.
 _MAX_ROW_MAGNITUDE_BITS = 31
 _MAX_FRACTION_BITS = 16
+QUANTILE_CANDIDATES = 1024
 
 
 @dataclass(frozen=True)
 class _Key:
     output: str  # name in the bounded result and the noisy table
-    column: str
-    meta: ColumnMeta
+    expr: exp.Expression  # row-level expression over qualified refs
+    ref: str | None  # the column, when the key is a plain column
+    type: str
+    public_keys: tuple | None
 
 
 def plan_select(select: exp.Select, resolve_table: TableResolver, *, canonical_sql: str) -> DPPlan:
     _refuse_unsupported_clauses(select)
-    dataset, table = resolve_table(select.args["from_"].this)
-    if table.public:
-        raise UnsupportedQuery(f"table '{table.name}' is public; public tables can only be "
-                               "joined with private ones (joins are not supported yet)")
-    if table.unit_via is not None:
-        raise UnsupportedQuery(f"table '{table.name}' reaches its privacy unit through "
-                               f"{table.unit_via.table}; queries on it need a join, which is "
-                               "not supported yet")
-    scope = TableScope(table, _qualifiers(select.args["from_"].this, table))
+    select = flatten(select, resolve_table)
+    _refuse_unsupported_clauses(select)
+    scope = build_scope(select, resolve_table)
     keys = _group_keys(select, scope)
     uses = _aggregate_uses(select, scope)
     if not uses:
         raise PolicyRefused("the query has no aggregate: raw rows cannot be released; use "
-                            "COUNT, SUM, AVG, VARIANCE or STDDEV (or request exact access from "
-                            "the data owner)")
+                            "COUNT, SUM, AVG, VARIANCE, STDDEV or a quantile (or request exact "
+                            "access from the data owner)")
     where = None
     if select.args.get("where") is not None:
         where = check_row_expression(select.args["where"].this, scope, "WHERE")
 
+    dataset = scope.dataset
     key_release = _key_release(dataset, keys)
-    direct = _use_direct_path(table, key_release)
-    measures = _measures(uses, keys, key_release, table, direct, dataset)
+    direct = _use_direct_path(scope, key_release)
+    measures, quantiles = _measures(uses, keys, key_release, scope, direct)
     if key_release.mode == "threshold":
         key_release = KeyRelease("threshold", key_release.key_names, key_release.key_types,
                                  threshold_measure=_count_measure_name(measures))
-    bounded = _bounded_sql(dataset, table, keys, measures, where, key_release, direct)
-    outputs, post = _postprocess(select, scope, keys, uses, measures)
+    bounded = _bounded_sql(scope, keys, measures, where, key_release, direct) if measures else None
+    quantile_sql = _quantile_sql(scope, keys, quantiles, where, key_release, direct) if quantiles else None
+    outputs, post = _postprocess(select, scope, keys, measures, quantiles, direct)
     return DPPlan(
-        dataset=dataset.name, table=table.name, canonical_sql=canonical_sql,
-        bounded=bounded, bounded_sql=bounded.sql(dialect="duckdb"), keys=key_release,
+        dataset=dataset.name, table=scope.description, canonical_sql=canonical_sql,
+        bounded=bounded, bounded_sql=bounded.sql(dialect="duckdb") if bounded else "", keys=key_release,
         measures=measures, outputs=outputs, postprocess=post, direct_path=direct,
+        quantiles=quantiles, quantile_sql=quantile_sql.sql(dialect="duckdb") if quantile_sql else None,
     )
 
 
@@ -85,10 +88,6 @@ def plan_select(select: exp.Select, resolve_table: TableResolver, *, canonical_s
 
 
 def _refuse_unsupported_clauses(select: exp.Select) -> None:
-    if select.args.get("with_") is not None or select.args.get("with") is not None:
-        raise UnsupportedQuery("WITH (common table expressions) is not supported yet")
-    if select.args.get("joins"):
-        raise UnsupportedQuery("joins are not supported yet")
     if select.args.get("distinct") is not None:
         raise PolicyRefused("SELECT DISTINCT releases raw values; use GROUP BY with an "
                             "aggregate such as COUNT(*) instead")
@@ -96,37 +95,26 @@ def _refuse_unsupported_clauses(select: exp.Select) -> None:
                    "into", "locks", "sample", "settings", "format"):
         if select.args.get(clause):
             raise UnsupportedQuery(f"{clause.upper()} is not supported")
-    from_ = select.args.get("from_")
-    if from_ is None:
-        raise UnsupportedQuery("the query must read a table (FROM ...)")
-    source = from_.this
-    if isinstance(source, exp.Subquery):
-        raise UnsupportedQuery("subqueries in FROM are not supported yet")
-    if not isinstance(source, exp.Table) or not isinstance(source.this, exp.Identifier):
-        raise PolicyRefused("only dataset tables can be queried: table functions, files and "
-                            "other sources are not allowed")
     for node in select.walk():
         if isinstance(node, exp.Window):
             raise PolicyRefused("window functions are not allowed: they expose individual rows")
-        if isinstance(node, (exp.Subquery, exp.Exists)) or (
-                isinstance(node, exp.Select) and node is not select):
-            raise UnsupportedQuery("subqueries are not supported yet")
         if isinstance(node, (exp.Placeholder, exp.Parameter)):
             raise UnsupportedQuery("unbound query parameter; bind all parameters before running")
+        if isinstance(node, (exp.Union, exp.Intersect, exp.Except)):
+            raise UnsupportedQuery("set operations (UNION/INTERSECT/EXCEPT) are not supported: "
+                                   "they can combine a unit's rows beyond its contribution bound")
+        if isinstance(node, exp.Lateral) or isinstance(node, exp.Unnest):
+            raise UnsupportedQuery("LATERAL and UNNEST are not supported")
+        if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
+            raise PolicyRefused("only dataset tables can be queried: table functions, files and "
+                                "other sources are not allowed")
     for item in select.expressions:
         if isinstance(item, exp.Star) or (isinstance(item, exp.Column) and isinstance(item.this, exp.Star)):
             raise PolicyRefused("SELECT * would release raw rows; select aggregates such as "
                                 "COUNT(*) or AVG(column) instead")
 
 
-def _qualifiers(table_node: exp.Table, table: TableMeta) -> frozenset[str]:
-    names = {table.name, table_node.name.lower()}
-    if table_node.alias:
-        names.add(table_node.alias.lower())
-    return frozenset(names)
-
-
-def _group_keys(select: exp.Select, scope: TableScope) -> tuple[_Key, ...]:
+def _group_keys(select: exp.Select, scope: QueryScope) -> tuple[_Key, ...]:
     group = select.args.get("group")
     if group is None:
         return ()
@@ -138,104 +126,207 @@ def _group_keys(select: exp.Select, scope: TableScope) -> tuple[_Key, ...]:
     for item in group.expressions:
         if isinstance(item, (exp.Rollup, exp.Cube, exp.GroupingSets)):
             raise UnsupportedQuery("ROLLUP, CUBE and GROUPING SETS are not supported")
-        target = item
-        if isinstance(item, exp.Literal) and not item.is_string:
-            position = int(item.this)
+        target = item.this if isinstance(item, exp.Paren) else item
+        if isinstance(target, exp.Literal) and not target.is_string:
+            position = int(float(target.this))
             if not 1 <= position <= len(select.expressions):
                 raise UnsupportedQuery(f"GROUP BY position {position} is not in the select list")
-            target = select.expressions[position - 1]
-            target = target.this if isinstance(target, exp.Alias) else target
-        elif isinstance(item, exp.Column) and not item.table and item.name.lower() in aliases \
-                and scope.meta.column(item.name) is None:
-            target = aliases[item.name.lower()]
-        if isinstance(target, exp.Paren):
-            target = target.this
-        if not isinstance(target, exp.Column):
-            raise UnsupportedQuery("GROUP BY supports plain columns only (bin values with a "
-                                   "column declared by the data owner)")
-        column = scope.resolve(target)
-        if column == scope.meta.privacy_unit:
-            raise PolicyRefused(f"grouping by the privacy unit '{column}' would release "
-                                "per-unit values")
-        if any(k.column == column for k in keys):
+            chosen = select.expressions[position - 1]
+            target = chosen.this if isinstance(chosen, exp.Alias) else chosen
+        elif (isinstance(target, exp.Column) and not target.table
+              and target.name.lower() in aliases and not _is_table_column(target, scope)):
+            target = aliases[target.name.lower()]
+        key = _key_from_expression(target, scope, f"k{len(keys)}")
+        if any(k.expr == key.expr for k in keys):
             continue
-        keys.append(_Key(output=f"k{len(keys)}", column=column, meta=scope.meta.column(column)))
+        keys.append(key)
     return tuple(keys)
 
 
-def _aggregate_uses(select: exp.Select, scope: TableScope) -> list[AggregateUse]:
+def _is_table_column(column: exp.Column, scope: QueryScope) -> bool:
+    return any(src.table.column(column.name) is not None for src in scope.sources.values())
+
+
+def _key_from_expression(target: exp.Expression, scope: QueryScope, output: str) -> _Key:
+    if isinstance(target, exp.Column):
+        ref = scope.resolve(target)
+        if scope.is_unit(ref) or ref == scope.unit_ref:
+            raise PolicyRefused(f"grouping by the privacy unit '{target.name}' would release "
+                                "per-unit values")
+        meta = scope.meta(ref)
+        return _Key(output, scope.expr(ref), ref, meta.type, meta.public_keys)
+    if isinstance(target, exp.Case):
+        return _case_key(target, scope, output)
+    if isinstance(target, exp.Anonymous) and target.name.lower() == "width_bucket":
+        return _width_bucket_key(target, scope, output)
+    if isinstance(target, exp.WidthBucket):
+        return _width_bucket_key(target, scope, output)
+    raise UnsupportedQuery("GROUP BY supports columns, CASE expressions with literal results "
+                           "(bins) and width_bucket(column, low, high, count)")
+
+
+def _case_key(case: exp.Case, scope: QueryScope, output: str) -> _Key:
+    """CASE bins: the possible keys are the literal results, known without the data."""
+    results = [branch.args.get("true") for branch in case.args.get("ifs") or []]
+    default = case.args.get("default")
+    results.append(default if default is not None else exp.Null())
+    values = []
+    for result in results:
+        if isinstance(result, exp.Null):
+            value = None
+        elif isinstance(result, exp.Literal):
+            value = result.this if result.is_string else _number(result.this)
+        else:
+            raise UnsupportedQuery("a CASE used in GROUP BY must have literal results (the bins "
+                                   "must be known without looking at the data)")
+        if value not in values:
+            values.append(value)
+    kinds = {type(v) for v in values if v is not None}
+    if len(kinds) > 1 and kinds != {int, float}:
+        raise UnsupportedQuery("the results of a CASE bin must all be strings or all numbers")
+    type_name = "string" if str in kinds else ("float" if float in kinds else "int")
+    checked = check_row_expression(case, scope, "GROUP BY")
+    return _Key(output, exp.Anonymous(this="TRY", expressions=[checked]), None, type_name,
+                tuple(values))
+
+
+def _width_bucket_key(node: exp.Expression, scope: QueryScope, output: str) -> _Key:
+    args = list(node.expressions) if isinstance(node, exp.Anonymous) else [
+        node.this, node.args.get("min_value"), node.args.get("max_value"), node.args.get("num_buckets")]
+    if len(args) != 4 or not isinstance(args[0], exp.Column) or not all(
+            isinstance(a, exp.Literal) and not a.is_string for a in args[1:]):
+        raise UnsupportedQuery("width_bucket needs (column, low, high, count) with number literals")
+    ref = scope.resolve(args[0])
+    meta = scope.meta(ref)
+    if not meta.is_numeric:
+        raise UnsupportedQuery("width_bucket needs a numeric column")
+    low, high, count = _number(args[1].this), _number(args[2].this), int(_number(args[3].this))
+    if not (high > low and 1 <= count <= 10_000):
+        raise UnsupportedQuery("width_bucket needs low < high and 1 to 10000 buckets")
+    value = exp.Cast(this=scope.expr(ref), to=exp.DataType.build("DOUBLE"))
+    shifted = exp.Paren(this=exp.Sub(this=value, expression=_num(low)))
+    position = exp.Mul(this=exp.Paren(this=exp.Div(this=shifted, expression=_num(high - low))),
+                       expression=exp.Literal.number(count))
+    bucket = exp.Add(this=exp.func("FLOOR", position), expression=exp.Literal.number(1))
+    # PostgreSQL semantics: 0 below low, count+1 at or above high.
+    clamped = exp.func("LEAST", exp.func("GREATEST", bucket, exp.Literal.number(0)),
+                       exp.Literal.number(count + 1))
+    # TRY: a NaN value would make the cast fail, and a failure must not depend on data.
+    expr = exp.Anonymous(this="TRY", expressions=[exp.Cast(this=clamped, to=exp.DataType.build("BIGINT"))])
+    return _Key(output, expr, None, "int", tuple(range(0, count + 2)))
+
+
+def _number(text: str):
+    value = float(text)
+    return int(value) if value.is_integer() and "." not in str(text) and "e" not in str(text).lower() else value
+
+
+def _aggregate_uses(select: exp.Select, scope: QueryScope) -> list[AggregateUse]:
     uses: list[AggregateUse] = []
     containers = list(select.expressions)
     for clause in ("having", "order"):
         if select.args.get(clause) is not None:
             containers.append(select.args[clause])
     for container in containers:
-        for node in container.find_all(exp.AggFunc):
-            if node.find_ancestor(exp.AggFunc) is not None:
+        for node in container.walk():
+            if not is_aggregate(node):
+                continue
+            if any(is_aggregate(a) for a in _ancestors(node)):
+                continue
+            inner = [n for n in node.walk() if n is not node and is_aggregate(n)
+                     and not isinstance(node, exp.WithinGroup)]
+            if inner:
                 raise UnsupportedQuery("nested aggregates are not supported")
-            if node.find(exp.Window) is not None:
-                raise PolicyRefused("window functions are not allowed")
             uses.append(classify_aggregate(node, scope))
     return uses
 
 
-def _key_release(dataset: DatasetMeta, keys: tuple[_Key, ...]) -> KeyRelease:
+def _ancestors(node: exp.Expression):
+    parent = node.parent
+    while parent is not None:
+        yield parent
+        parent = parent.parent
+
+
+def _key_release(dataset, keys: tuple[_Key, ...]) -> KeyRelease:
     if not keys:
         return KeyRelease("none")
     names = tuple(k.output for k in keys)
-    types = tuple(k.meta.type for k in keys)
-    if all(k.meta.public_keys is not None for k in keys):
-        cells = math.prod(len(k.meta.public_keys) for k in keys)
+    types = tuple(k.type for k in keys)
+    if all(k.public_keys is not None for k in keys):
+        cells = math.prod(len(k.public_keys) for k in keys)
         if cells > dataset.max_public_cells:
             raise PolicyRefused(f"the public key sets of the GROUP BY columns make {cells} "
                                 f"cells, more than the dataset's limit of "
                                 f"{dataset.max_public_cells}")
-        product = tuple(itertools.product(*(k.meta.public_keys for k in keys)))
+        product = tuple(itertools.product(*(k.public_keys for k in keys)))
         return KeyRelease("public", names, types, public_cells=product)
     return KeyRelease("threshold", names, types)
 
 
-def _use_direct_path(table: TableMeta, keys: KeyRelease) -> bool:
-    k = table.truncate_rows_per_unit
+def _use_direct_path(scope: QueryScope, keys: KeyRelease) -> bool:
+    k = scope.truncate_rows_per_unit
     if k is None:
         return False
     if keys.mode == "none":
-        return k <= table.max_rows_per_group
-    return k <= table.max_groups_per_unit * table.max_rows_per_group
+        return k <= scope.max_rows_per_group
+    return k <= scope.max_groups_per_unit * scope.max_rows_per_group
 
 
 # ---------------------------------------------------------------- measures
 
 
-def _measures(uses, keys, key_release, table: TableMeta, direct: bool,
-              dataset: DatasetMeta) -> tuple[Measure, ...]:
+def _measures(uses, keys, key_release, scope: QueryScope, direct: bool):
     needed: list[BaseMeasure] = []
     for use in uses:
         for base in use.needs:
-            base = _canonical_measure(base, table, direct)
+            base = _canonical_measure(base, scope, direct)
             if base not in needed:
                 needed.append(base)
-    if key_release.mode == "threshold" and not _has_threshold_measure(needed, table, direct):
+    sums = [b for b in needed if b.kind != "quantile"]
+    if key_release.mode == "threshold" and not _has_threshold_measure(sums, scope, direct):
         # Keys found in the data are released only through a thresholded count of units.
-        needed.insert(0, BaseMeasure("units"))
+        sums.insert(0, BaseMeasure("units"))
     cells = len(key_release.public_cells) if key_release.mode == "public" else None
     measures = []
-    for index, base in enumerate(needed):
-        bits, row_bound, lower, upper = _row_bound(base, table)
-        sens = _sensitivity(base, row_bound, table, keys, direct, cells)
+    for index, base in enumerate(sums):
+        bits, row_bound, lower, upper = _row_bound(base, scope)
+        sens = _sensitivity(base, row_bound, scope, keys, direct, cells)
         measures.append(Measure(name=f"m{index}", kind=base.kind, column=base.column,
                                 fixed_point_bits=bits, sensitivity=sens, lower=lower, upper=upper))
-    return tuple(measures)
+    quantiles = []
+    for index, base in enumerate(b for b in needed if b.kind == "quantile"):
+        meta = scope.meta(base.column)
+        l0 = _groups_per_unit(scope, keys, direct, cells)
+        rows = scope.truncate_rows_per_unit if direct else scope.max_rows_per_group
+        quantiles.append(QuantileMeasure(
+            name=f"q{index}", column=base.column, alpha=base.alpha, lower=float(meta.lower),
+            upper=float(meta.upper), candidates=_candidates(meta), groups_per_unit=l0,
+            rows_per_unit=rows))
+    return tuple(measures), tuple(quantiles)
 
 
-def _canonical_measure(base: BaseMeasure, table: TableMeta, direct: bool) -> BaseMeasure:
+def _candidates(meta: ColumnMeta) -> tuple[float, ...]:
+    lower, upper = float(meta.lower), float(meta.upper)
+    if meta.type == "int" and upper - lower + 1 <= QUANTILE_CANDIDATES:
+        return tuple(float(v) for v in range(math.ceil(lower), math.floor(upper) + 1))
+    step = (upper - lower) / (QUANTILE_CANDIDATES - 1)
+    return tuple(lower + i * step for i in range(QUANTILE_CANDIDATES))
+
+
+def _canonical_measure(base: BaseMeasure, scope: QueryScope, direct: bool) -> BaseMeasure:
     """Share one noisy count between aggregates that are provably the same count: fewer
     measures means more budget (less noise) for each."""
-    if base.kind == "count_col" and not table.column(base.column).nullable:
+    if base.kind == "count_col" and not scope.meta(base.column).nullable and not _outer_side(scope, base.column):
         return BaseMeasure("count")
-    if base.kind == "units" and not direct and table.max_rows_per_group == 1:
+    if base.kind == "units" and not direct and scope.max_rows_per_group == 1:
         return BaseMeasure("count")  # each unit adds min(rows, 1) = 1 to a group it is in
     return base
+
+
+def _outer_side(scope: QueryScope, ref: str) -> bool:
+    alias = ref.split(".", 1)[0]
+    return any(kind == "LEFT" and joined == alias for kind, joined, _ in scope.joins)
 
 
 def fraction_bits(meta: ColumnMeta, magnitude: float) -> int:
@@ -248,11 +339,11 @@ def fraction_bits(meta: ColumnMeta, magnitude: float) -> int:
     return max(0, min(_MAX_FRACTION_BITS, bits))
 
 
-def _row_bound(base: BaseMeasure, table: TableMeta):
+def _row_bound(base: BaseMeasure, scope: QueryScope):
     """(fraction bits, max |integer contribution| of one row, lower, upper) for a measure."""
     if base.kind in ("count", "count_col", "units"):
         return 0, 1, None, None
-    meta = table.column(base.column)
+    meta = scope.meta(base.column)
     lower, upper = float(meta.lower), float(meta.upper)
     if base.kind == "sum":
         bits = fraction_bits(meta, max(abs(lower), abs(upper)))
@@ -268,26 +359,29 @@ def _row_bound(base: BaseMeasure, table: TableMeta):
     return bits, round(square_max * (1 << bits)), lower, upper
 
 
-def _sensitivity(base: BaseMeasure, row_bound: int, table: TableMeta, keys, direct: bool,
+def _groups_per_unit(scope: QueryScope, keys, direct: bool, cells: int | None) -> int:
+    if not keys:
+        return 1
+    l0 = scope.truncate_rows_per_unit if direct else scope.max_groups_per_unit
+    return min(l0, cells) if cells else l0
+
+
+def _sensitivity(base: BaseMeasure, row_bound: int, scope: QueryScope, keys, direct: bool,
                  cells: int | None) -> Sensitivity:
-    grouped = bool(keys)
+    l0 = _groups_per_unit(scope, keys, direct, cells)
     if direct:
-        k = table.truncate_rows_per_unit
-        l0 = min(k, cells) if (grouped and cells) else (k if grouped else 1)
+        k = scope.truncate_rows_per_unit
         if base.kind == "units":
             return Sensitivity(l0=l0, linf=1, l1=l0, l2=math.sqrt(l0))
         linf = k * row_bound
         return Sensitivity(l0=l0, linf=linf, l1=linf, l2=float(linf))
-    l0 = table.max_groups_per_unit if grouped else 1
-    if cells:
-        l0 = min(l0, cells)
-    per_group = 1 if base.kind == "units" else table.max_rows_per_group * row_bound
+    per_group = 1 if base.kind == "units" else scope.max_rows_per_group * row_bound
     return Sensitivity(l0=l0, linf=per_group, l1=l0 * per_group, l2=math.sqrt(l0) * per_group)
 
 
-def _has_threshold_measure(needed: list[BaseMeasure], table: TableMeta, direct: bool) -> bool:
+def _has_threshold_measure(needed: list[BaseMeasure], scope: QueryScope, direct: bool) -> bool:
     return any(b.kind == "units" for b in needed) or (
-        not direct and table.max_rows_per_group == 1 and any(b.kind == "count" for b in needed))
+        not direct and scope.max_rows_per_group == 1 and any(b.kind == "count" for b in needed))
 
 
 def _count_measure_name(measures: tuple[Measure, ...]) -> str:
@@ -311,10 +405,14 @@ def _col(name: str) -> exp.Column:
     return exp.Column(this=_quoted(name))
 
 
-def _clamped_fixed_point(column: str, lower: float, upper: float, bits: int,
+def _clamped(value: exp.Expression, lower: float, upper: float) -> exp.Expression:
+    as_double = exp.Cast(this=value, to=exp.DataType.build("DOUBLE"))
+    return exp.func("LEAST", exp.func("GREATEST", as_double, _num(lower)), _num(upper))
+
+
+def _clamped_fixed_point(value: exp.Expression, lower: float, upper: float, bits: int,
                          center: float | None = None) -> exp.Expression:
-    value = exp.Cast(this=_col(column), to=exp.DataType.build("DOUBLE"))
-    clamped = exp.func("LEAST", exp.func("GREATEST", value, _num(lower)), _num(upper))
+    clamped = _clamped(value, lower, upper)
     if center is not None:
         shifted = exp.Sub(this=clamped, expression=_num(center))
         clamped = exp.Mul(this=exp.Paren(this=shifted), expression=exp.Paren(this=shifted.copy()))
@@ -328,77 +426,118 @@ def _num(value: float) -> exp.Expression:
     return exp.Literal.number(repr(float(value)))
 
 
-def _bounded_sql(dataset: DatasetMeta, table: TableMeta, keys, measures, where, key_release,
-                 direct: bool) -> exp.Select:
-    source = exp.Table(this=_quoted(table.name), db=_quoted(dataset.name))
-    src_columns: list[exp.Expression] = [exp.alias_(_col(table.privacy_unit), UNIT, quoted=True)]
-    src_columns += [exp.alias_(_col(k.column), k.output, quoted=True) for k in keys]
-    value_columns: dict[str, str] = {}
-    for m in measures:
-        if m.kind in ("sum", "sum_sq"):
-            alias = f"v_{m.name}"
-            center = (m.lower + m.upper) / 2 if m.kind == "sum_sq" else None
-            src_columns.append(exp.alias_(
-                _clamped_fixed_point(m.column, m.lower, m.upper, m.fixed_point_bits, center),
-                alias, quoted=True))
-            value_columns[m.name] = alias
-        elif m.kind == "count_col":
-            alias = f"v_{m.name}"
-            src_columns.append(exp.alias_(_col(m.column), alias, quoted=True))
-            value_columns[m.name] = alias
+def _src(scope: QueryScope, keys, extra_columns, where, key_release) -> exp.Select:
+    columns: list[exp.Expression] = [exp.alias_(scope.expr(scope.unit_ref), UNIT, quoted=True)]
+    columns += [exp.alias_(k.expr.copy(), k.output, quoted=True) for k in keys]
+    columns += extra_columns
     conditions = []
     if where is not None:
         conditions.append(total_predicate(where))
     if key_release.mode == "public":
         for k in keys:
-            if k.meta.public_keys is not None:
-                conditions.append(exp.In(this=_col(k.column),
-                                         expressions=[_literal(v) for v in k.meta.public_keys]))
-    src = exp.select(*src_columns).from_(source)
+            conditions.append(_in_public_keys(k))
+    src = scope.from_expression()
+    src.set("expressions", columns)
     if conditions:
         src = src.where(exp.and_(*conditions))
+    return src
+
+
+def _in_public_keys(key: _Key) -> exp.Expression:
+    values = [_literal(v) for v in key.public_keys if v is not None]
+    condition = exp.In(this=key.expr.copy(), expressions=values) if values else exp.false()
+    if None in key.public_keys:
+        condition = exp.or_(condition, exp.Is(this=key.expr.copy(), expression=exp.Null()))
+    return condition
+
+
+def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: bool) -> exp.Select:
+    value_columns: dict[str, str] = {}
+    extra: list[exp.Expression] = []
+    for m in measures:
+        if m.kind in ("sum", "sum_sq"):
+            alias = f"v_{m.name}"
+            center = (m.lower + m.upper) / 2 if m.kind == "sum_sq" else None
+            extra.append(exp.alias_(
+                _clamped_fixed_point(scope.expr(m.column), m.lower, m.upper, m.fixed_point_bits, center),
+                alias, quoted=True))
+            value_columns[m.name] = alias
+        elif m.kind == "count_col":
+            alias = f"v_{m.name}"
+            extra.append(exp.alias_(scope.expr(m.column), alias, quoted=True))
+            value_columns[m.name] = alias
+    src = _src(scope, keys, extra, where, key_release)
     key_cols = [_col(k.output) for k in keys]
 
     if direct:
         final_aggs = [exp.alias_(_direct_aggregate(m, value_columns), m.name, quoted=True)
                       for m in measures]
         result = exp.select(*key_cols, *final_aggs).from_("src")
-    else:
-        per_unit_aggs = [exp.alias_(_per_unit_contribution(m, value_columns, table), f"c_{m.name}",
-                                    quoted=True) for m in measures]
-        per_unit = exp.select(_col(UNIT), *key_cols, *per_unit_aggs).from_("src").group_by(
-            _col(UNIT), *[c.copy() for c in key_cols])
-        bounded_from = "per_unit"
-        ctes = [("src", src), ("per_unit", per_unit)]
-        if keys and _needs_l0_window(table, key_release):
-            order = exp.func("HASH", *[c.copy() for c in key_cols])
-            row_number = exp.Window(this=exp.RowNumber(), partition_by=[_col(UNIT)],
-                                    order=exp.Order(expressions=[exp.Ordered(this=order)]))
-            bounded = exp.select("*").from_("per_unit").qualify(
-                exp.LTE(this=row_number, expression=exp.Literal.number(table.max_groups_per_unit)))
-            ctes.append(("bounded", bounded))
-            bounded_from = "bounded"
-        final_aggs = [exp.alias_(exp.func("SUM", _col(f"c_{m.name}")), m.name, quoted=True)
-                      for m in measures]
-        result = exp.select(*[c.copy() for c in key_cols], *final_aggs).from_(bounded_from)
         if keys:
             result = result.group_by(*[c.copy() for c in key_cols])
-        for name, cte in ctes:
-            result = result.with_(name, as_=cte)
-        return result
+        return result.with_("src", as_=src)
+
+    per_unit_aggs = [exp.alias_(_per_unit_contribution(m, value_columns, scope), f"c_{m.name}",
+                                quoted=True) for m in measures]
+    per_unit = exp.select(_col(UNIT), *key_cols, *per_unit_aggs).from_("src").group_by(
+        _col(UNIT), *[c.copy() for c in key_cols])
+    bounded_from = "per_unit"
+    ctes = [("src", src), ("per_unit", per_unit)]
+    if keys and _needs_l0_window(scope, key_release):
+        order = [exp.Ordered(this=exp.func("HASH", *[c.copy() for c in key_cols]))]
+        row_number = exp.Window(this=exp.RowNumber(), partition_by=[_col(UNIT)],
+                                order=exp.Order(expressions=order))
+        bounded = exp.select("*").from_("per_unit").qualify(
+            exp.LTE(this=row_number, expression=exp.Literal.number(scope.max_groups_per_unit)))
+        ctes.append(("bounded", bounded))
+        bounded_from = "bounded"
+    final_aggs = [exp.alias_(exp.func("SUM", _col(f"c_{m.name}")), m.name, quoted=True)
+                  for m in measures]
+    result = exp.select(*[c.copy() for c in key_cols], *final_aggs).from_(bounded_from)
     if keys:
         result = result.group_by(*[c.copy() for c in key_cols])
-    return result.with_("src", as_=src)
+    for name, cte in ctes:
+        result = result.with_(name, as_=cte)
+    return result
 
 
-def _needs_l0_window(table: TableMeta, key_release: KeyRelease) -> bool:
-    if key_release.mode == "public" and len(key_release.public_cells) <= table.max_groups_per_unit:
+def _quantile_sql(scope: QueryScope, keys, quantiles, where, key_release, direct: bool) -> exp.Select:
+    """Each group's clamped values, bounded per unit (rows per group, groups per unit)."""
+    extra = [exp.alias_(_clamped(scope.expr(q.column), q.lower, q.upper), f"v_{q.name}", quoted=True)
+             for q in quantiles]
+    src = _src(scope, keys, extra, where, key_release)
+    key_cols = [_col(k.output) for k in keys]
+    values = [_col(f"v_{q.name}") for q in quantiles]
+    if direct:
+        return exp.select(*key_cols, *values).from_("src").with_("src", as_=src)
+    row_order = exp.Order(expressions=[exp.Ordered(this=exp.func("HASH", *[v.copy() for v in values]))])
+    row_rank = exp.Window(this=exp.RowNumber(), partition_by=[_col(UNIT), *[c.copy() for c in key_cols]],
+                          order=row_order)
+    ranked_columns = [*[c.copy() for c in key_cols], *[v.copy() for v in values],
+                      exp.alias_(row_rank, "__row_rank", quoted=True)]
+    conditions = [exp.LTE(this=_col("__row_rank"), expression=exp.Literal.number(scope.max_rows_per_group))]
+    if keys:
+        # Ties in the hash are broken by the keys themselves, so a unit never gets more groups.
+        group_order = exp.Order(expressions=[exp.Ordered(this=exp.func("HASH", *[c.copy() for c in key_cols]))]
+                                + [exp.Ordered(this=c.copy()) for c in key_cols])
+        group_rank = exp.Window(this=exp.func("DENSE_RANK"), partition_by=[_col(UNIT)], order=group_order)
+        ranked_columns.append(exp.alias_(group_rank, "__group_rank", quoted=True))
+        conditions.append(exp.LTE(this=_col("__group_rank"),
+                                  expression=exp.Literal.number(scope.max_groups_per_unit)))
+    ranked = exp.select(*ranked_columns).from_("src")
+    return (exp.select(*[c.copy() for c in key_cols], *[v.copy() for v in values])
+            .from_("ranked").where(exp.and_(*conditions))
+            .with_("src", as_=src).with_("ranked", as_=ranked))
+
+
+def _needs_l0_window(scope: QueryScope, key_release: KeyRelease) -> bool:
+    if key_release.mode == "public" and len(key_release.public_cells) <= scope.max_groups_per_unit:
         return False
     return True
 
 
-def _per_unit_contribution(m: Measure, value_columns: dict[str, str], table: TableMeta):
-    cap = exp.Literal.number(table.max_rows_per_group)
+def _per_unit_contribution(m: Measure, value_columns: dict[str, str], scope: QueryScope):
+    cap = exp.Literal.number(scope.max_rows_per_group)
     if m.kind == "count":
         return exp.func("LEAST", exp.Count(this=exp.Star()), cap)
     if m.kind == "units":
@@ -436,110 +575,154 @@ def _literal(value) -> exp.Expression:
 # ---------------------------------------------------------------- post-processing
 
 
-def _postprocess(select: exp.Select, scope: TableScope, keys, uses, measures):
-    by_base = {(m.kind, m.column): m for m in measures}
-    key_by_column = {k.column: k for k in keys}
+def _postprocess(select: exp.Select, scope: QueryScope, keys, measures, quantiles, direct: bool):
+    by_base = _MeasureLookup(measures, quantiles, scope)
     outputs: list[OutputColumnSpec] = []
     projections = []
-    for position, item in enumerate(select.expressions):
+    aliases = {item.alias.lower() for item in select.expressions if isinstance(item, exp.Alias)}
+    for item in select.expressions:
         alias = item.alias if isinstance(item, exp.Alias) else None
         body = item.this if isinstance(item, exp.Alias) else item
-        rewritten, spec = _rewrite_output(body, scope, key_by_column, by_base)
+        rewritten, spec = _rewrite_output(body, scope, keys, by_base, aliases)
         name = alias or _default_name(body)
         projections.append(exp.alias_(rewritten, name, quoted=True))
         outputs.append(OutputColumnSpec(name=name, type=spec[0], noisy=spec[1], measure=spec[2],
                                         ratio_of=spec[3]))
     post = exp.select(*projections).from_(NOISY_TABLE)
     if select.args.get("having") is not None:
-        having, _ = _rewrite_output(select.args["having"].this, scope, key_by_column, by_base)
+        having, _ = _rewrite_output(select.args["having"].this, scope, keys, by_base, aliases)
         post = post.where(having)
     if select.args.get("order") is not None:
         order = select.args["order"].copy()
         for ordered in order.expressions:
             target = ordered.this
-            if isinstance(target, exp.Literal) or (isinstance(target, exp.Column) and not target.table
-                                                   and _is_output_name(target.name, outputs)
-                                                   and scope.meta.column(target.name) is None):
+            if isinstance(target, exp.Literal) or _is_output_alias(target, aliases, outputs):
                 continue
-            rewritten, _ = _rewrite_output(target, scope, key_by_column, by_base)
+            rewritten, _ = _rewrite_output(target, scope, keys, by_base, aliases)
             ordered.set("this", rewritten)
         post.set("order", order)
     for clause in ("limit", "offset"):
         node = select.args.get(clause)
         if node is not None:
-            value = node.expression if clause == "limit" else node.expression
+            value = node.expression
             if not (isinstance(value, exp.Literal) and not value.is_string):
                 raise UnsupportedQuery(f"{clause.upper()} must be a number")
             post.set(clause, node.copy())
     return tuple(outputs), post
 
 
-def _is_output_name(name: str, outputs) -> bool:
-    return any(o.name.lower() == name.lower() for o in outputs)
+def _is_output_alias(target, aliases, outputs) -> bool:
+    if not isinstance(target, exp.Column) or target.table:
+        return False
+    name = target.name.lower()
+    return name in aliases or any(o.name.lower() == name for o in outputs)
 
 
 def _default_name(body: exp.Expression) -> str:
     if isinstance(body, exp.Column):
         return body.name.lower()
-    if isinstance(body, exp.AggFunc):
-        return {"variance": "variance", "stddev": "stddev"}.get(body.sql_name().lower(),
-                                                                 body.sql_name().lower())
+    if isinstance(body, exp.WithinGroup):
+        return "percentile_cont"
+    if isinstance(body, exp.Anonymous):
+        return body.name.lower()
+    if isinstance(body, exp.Func):
+        return body.sql_name().lower()
     return "?column?"
 
 
-def _rewrite_output(body: exp.Expression, scope: TableScope, key_by_column, by_base):
+def _rewrite_output(body: exp.Expression, scope: QueryScope, keys, by_base, aliases):
     """Rewrite an output expression over the noisy table; return (tree, (type, noisy,
     measure, ratio_of))."""
+    key_by_expr = [(k.expr, k) for k in keys]
+
+    def key_for(node: exp.Expression):
+        if isinstance(node, exp.Column):
+            try:
+                probe = scope.expr(scope.resolve(node))
+            except Exception:
+                return None
+        elif isinstance(node, (exp.Case, exp.Anonymous, exp.WidthBucket)):
+            try:
+                probe = _key_from_expression(node, scope, "probe").expr
+            except Exception:
+                return None
+        else:
+            return None
+        for expr, key in key_by_expr:
+            if expr == probe:
+                return key
+        return None
 
     def over_noisy(node: exp.Expression) -> exp.Expression:
-        if isinstance(node, exp.AggFunc):
+        if _is_noisy_reference(node):
+            return node
+        if is_aggregate(node):
             return _aggregate_expression(classify_aggregate(node, scope), by_base, scope)[0]
-        if isinstance(node, exp.Column) and not _is_noisy_reference(node):
-            key = key_by_column.get(scope.resolve(node))
-            if key is None:
-                raise PolicyRefused(f"column '{node.name}' is neither aggregated nor a GROUP BY "
-                                    "key: raw values cannot be released")
+        key = key_for(node)
+        if key is not None:
             return _noisy_ref(key.output)
+        if isinstance(node, exp.Column):
+            if not node.table and node.name.lower() in aliases:
+                return _noisy_ref(node.name, quoted_alias=True)
+            scope.resolve(node)  # raises for unknown columns
+            raise PolicyRefused(f"column '{node.name}' is neither aggregated nor a GROUP BY "
+                                "key: raw values cannot be released")
         return node
 
     tree = body.transform(over_noisy)
-    if isinstance(body, exp.AggFunc):
+    if is_aggregate(body):
         info = _aggregate_expression(classify_aggregate(body, scope), by_base, scope)[1]
-    elif isinstance(body, exp.Column):
-        key = key_by_column[scope.resolve(body)]
-        info = (key.meta.type, False, None, None)
+    elif key_for(body) is not None:
+        info = (key_for(body).type, False, None, None)
     else:
-        info = (None, body.find(exp.AggFunc) is not None, None, None)
+        info = (None, any(is_aggregate(n) for n in body.walk()), None, None)
     return tree, info
 
 
 _NOISY_MARK = "__noisy_ref"
 
 
-def _noisy_ref(name: str) -> exp.Column:
-    column = exp.Column(this=exp.to_identifier(name, quoted=True))
+def _noisy_ref(name: str, quoted_alias: bool = True) -> exp.Column:
+    column = exp.Column(this=exp.to_identifier(name, quoted=quoted_alias))
     column.meta[_NOISY_MARK] = True
     return column
 
 
-def _is_noisy_reference(column: exp.Column) -> bool:
-    return bool(column.meta.get(_NOISY_MARK))
+def _is_noisy_reference(node: exp.Expression) -> bool:
+    return isinstance(node, exp.Column) and bool(node.meta.get(_NOISY_MARK))
 
 
-def _aggregate_expression(use: AggregateUse, by_base, scope: TableScope):
+class _MeasureLookup:
+    """Measures by (kind, column[, alpha]), following _canonical_measure's merges."""
+
+    def __init__(self, measures, quantiles, scope: QueryScope):
+        self._sums = {(m.kind, m.column): m for m in measures}
+        self._quantiles = {(q.column, q.alpha): q for q in quantiles}
+        self._scope = scope
+
+    def __getitem__(self, key):
+        if key in self._sums:
+            return self._sums[key]
+        merged = _canonical_measure(BaseMeasure(*key), self._scope, direct=False)
+        return self._sums[(merged.kind, merged.column)]
+
+    def quantile(self, column: str, alpha: float):
+        return self._quantiles[(column, alpha)]
+
+
+def _aggregate_expression(use: AggregateUse, by_base: _MeasureLookup, scope: QueryScope):
     """The post-processing expression for one aggregate over the noisy measures."""
     fn, col = use.function, use.column
-    by_base = _CanonicalLookup(by_base, scope.meta)
-    if fn == "count":
-        m = by_base[("count", None)]
-        return _noisy_ref(m.name), ("int", True, m.name, None)
-    if fn == "units":
-        m = by_base[("units", None)]
+    if fn == "quantile":
+        q = by_base.quantile(col, use.alpha)
+        return _noisy_ref(q.name), ("float", True, None, None)
+    if fn in ("count", "units"):
+        m = by_base[(fn, None)]
         return _noisy_ref(m.name), ("int", True, m.name, None)
     if fn == "count_col":
         m = by_base[("count_col", col)]
         return _noisy_ref(m.name), ("int", True, m.name, None)
-    meta = scope.meta.column(col)
+    meta = scope.meta(col)
     s = by_base[("sum", col)]
     total = _scaled(s)
     if fn == "sum":
@@ -549,7 +732,10 @@ def _aggregate_expression(use: AggregateUse, by_base, scope: TableScope):
     count = exp.func("GREATEST", _noisy_ref(n.name), exp.Literal.number(1))
     lower, upper = float(meta.lower), float(meta.upper)
     mean = exp.Div(this=exp.Cast(this=total, to=exp.DataType.build("DOUBLE")), expression=count)
-    clamp = lambda e, lo, hi: exp.func("LEAST", exp.func("GREATEST", e, _num(lo)), _num(hi))
+
+    def clamp(e, lo, hi):
+        return exp.func("LEAST", exp.func("GREATEST", e, _num(lo)), _num(hi))
+
     if fn == "avg":
         return clamp(mean, lower, upper), ("float", True, None, (s.name, n.name))
     sq = by_base[("sum_sq", col)]
@@ -558,12 +744,13 @@ def _aggregate_expression(use: AggregateUse, by_base, scope: TableScope):
     centred_mean = exp.Sub(this=clamp(mean, lower, upper), expression=_num(center))
     mean_square = exp.Div(this=exp.Cast(this=_scaled(sq), to=exp.DataType.build("DOUBLE")),
                           expression=count.copy())
-    variance = exp.Sub(this=mean_square, expression=exp.Mul(this=exp.Paren(this=centred_mean),
-                                                            expression=exp.Paren(this=centred_mean.copy())))
+    variance = exp.Sub(this=mean_square, expression=exp.Mul(
+        this=exp.Paren(this=centred_mean), expression=exp.Paren(this=centred_mean.copy())))
     if fn in ("var_samp", "std_samp"):
-        correction = exp.Div(this=exp.Cast(this=count.copy(), to=exp.DataType.build("DOUBLE")),
-                             expression=exp.func("GREATEST", exp.Sub(this=count.copy(), expression=exp.Literal.number(1)),
-                                                 exp.Literal.number(1)))
+        correction = exp.Div(
+            this=exp.Cast(this=count.copy(), to=exp.DataType.build("DOUBLE")),
+            expression=exp.func("GREATEST", exp.Sub(this=count.copy(), expression=exp.Literal.number(1)),
+                                exp.Literal.number(1)))
         variance = exp.Mul(this=exp.Paren(this=variance), expression=correction)
     # Bounded values have population variance at most half_width**2; n/(n-1) at most doubles it.
     largest = half_width * half_width * (2 if fn in ("var_samp", "std_samp") else 1)
@@ -579,20 +766,3 @@ def _scaled(m: Measure) -> exp.Expression:
         return ref
     return exp.Div(this=exp.Cast(this=ref, to=exp.DataType.build("DOUBLE")),
                    expression=exp.Literal.number(m.scale_factor))
-
-
-class _CanonicalLookup:
-    """Measure lookup by (kind, column) that follows _canonical_measure's merges."""
-
-    def __init__(self, by_base, table: TableMeta):
-        self._by_base = by_base
-        self._table = table
-
-    def __getitem__(self, key):
-        kind, column = key
-        if key in self._by_base:
-            return self._by_base[key]
-        # Not planned under its own name, so it was merged (merges apply off the direct path
-        # or regardless of it).
-        merged = _canonical_measure(BaseMeasure(kind, column), self._table, direct=False)
-        return self._by_base[(merged.kind, merged.column)]

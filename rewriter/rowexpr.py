@@ -7,12 +7,9 @@ on private data.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from sqlglot import exp
 
-from sqlgate.errors import PolicyRefused, UndefinedColumn, UnsupportedQuery
-from sqlgate.metadata import TableMeta
+from sqlgate.errors import PolicyRefused, UnsupportedQuery
 
 _STRUCTURAL = (
     exp.Column, exp.Identifier, exp.Literal, exp.Boolean, exp.Null, exp.Paren, exp.DataType,
@@ -32,27 +29,9 @@ _FUNCTIONS = (
 ALLOWED_ROW_NODES = _STRUCTURAL + _OPERATORS + _FUNCTIONS
 
 
-@dataclass(frozen=True)
-class TableScope:
-    """The one private table a query reads, and the names it may be called by."""
-
-    meta: TableMeta
-    qualifiers: frozenset[str]
-
-    def resolve(self, column: exp.Column) -> str:
-        qualifier = column.table.lower() if column.table else ""
-        if qualifier and qualifier not in self.qualifiers:
-            raise UndefinedColumn(f"column reference {column.sql()} names an unknown table "
-                                  f"'{column.table}'")
-        name = column.name.lower()
-        if self.meta.column(name) is None:
-            raise UndefinedColumn(f"column '{column.name}' does not exist in table "
-                                  f"'{self.meta.name}'")
-        return name
-
-
-def check_row_expression(node: exp.Expression, scope: TableScope, where: str) -> exp.Expression:
-    """Validate a row-level expression and return a copy with unqualified column names."""
+def check_row_expression(node: exp.Expression, scope, where: str) -> exp.Expression:
+    """Validate a row-level expression; return a copy whose columns are qualified refs
+    (`scope` is a rewriter.scope.QueryScope)."""
     for sub in node.walk():
         if isinstance(sub, exp.AggFunc):
             raise UnsupportedQuery(f"aggregate {sub.sql()} is not allowed in {where}")
@@ -71,10 +50,11 @@ def check_row_expression(node: exp.Expression, scope: TableScope, where: str) ->
                                    "functions are allowed on private rows")
         if isinstance(sub, (exp.Like, exp.ILike)) and not isinstance(sub.expression, exp.Literal):
             raise UnsupportedQuery("LIKE patterns must be string literals")
+    if isinstance(node, exp.Column):
+        return scope.expr(scope.resolve(node))
     copy = node.copy()
     for column in list(copy.find_all(exp.Column)):
-        name = scope.resolve(column)
-        column.replace(exp.column(name))
+        column.replace(scope.expr(scope.resolve(column)))
     return _total(copy)
 
 
@@ -90,10 +70,6 @@ def total_predicate(predicate: exp.Expression) -> exp.Expression:
     """TRY() turns any runtime error of the predicate into NULL, and NULL into FALSE."""
     return exp.Coalesce(this=exp.Anonymous(this="TRY", expressions=[predicate]),
                         expressions=[exp.false()])
-
-
-def referenced_columns(node: exp.Expression) -> set[str]:
-    return {c.name.lower() for c in node.find_all(exp.Column)}
 
 
 def _describe(node: exp.Expression) -> str:

@@ -114,7 +114,7 @@ class Gateway:
         columns = self._output_columns(plan, release_plan, None)
         return Explanation(
             dataset=entry.meta.name, cost=release_plan.cost, columns=columns,
-            rewritten_sql=plan.bounded_sql, mechanism=entry.meta.mechanism,
+            rewritten_sql=plan.engine_sql, mechanism=entry.meta.mechanism,
             key_release=plan.keys.mode, budget=self.accountant.status(analyst, entry.meta.name),
             threshold=release_plan.threshold.threshold if release_plan.threshold else None,
             notes=_accuracy_notes(plan))
@@ -131,15 +131,22 @@ class Gateway:
         if cached is not None:
             return DPResult.from_json_bytes(cached, cached=True)
         self.accountant.check(analyst, meta.name, release_plan.cost)
-        raw = self.executor.run(plan.bounded_sql, timeout_s=self.statement_timeout_s, cancel=cancel)
+        raw_rows = []
+        if plan.bounded_sql:
+            raw_rows = self.executor.run(plan.bounded_sql, timeout_s=self.statement_timeout_s,
+                                         cancel=cancel).rows
+        quantile_rows = None
+        if plan.quantile_sql:
+            quantile_rows = self.executor.run(plan.quantile_sql, timeout_s=self.statement_timeout_s,
+                                              cancel=cancel).rows
         charge_id = self.accountant.charge(analyst, meta.name, release_plan.cost,
                                            query_key=query_key, query_text=sql)
         # From here on the budget is spent: failures below do not refund (rule 4).
-        noisy = _noisy_table(plan, release_plan, raw.rows)
+        noisy = _noisy_table(plan, release_plan, raw_rows, quantile_rows)
         rows, columns = self._postprocess(plan, release_plan, noisy)
         result = DPResult(columns=columns, rows=rows, cost=release_plan.cost, cached=False,
                           query_id=uuid.uuid4().hex, dataset=meta.name, sql=sql,
-                          rewritten_sql=plan.bounded_sql, mechanism=meta.mechanism,
+                          rewritten_sql=plan.engine_sql, mechanism=meta.mechanism,
                           key_release=plan.keys.mode)
         self.accountant.record_answer(charge_id, result.to_json_bytes())
         return result
@@ -262,7 +269,8 @@ def _query_key(entry: DatasetEntry, plan: DPPlan, epsilon: float) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple]) -> pd.DataFrame:
+def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
+                 quantile_rows: list[tuple] | None = None) -> pd.DataFrame:
     """Keys (public or thresholded) and noisy measures: everything post-processing sees."""
     key_count = len(plan.keys.key_names)
     measures = plan.measures
@@ -288,7 +296,18 @@ def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple]) -> pd.DataFr
             columns[m.name] = [kept_counts[cell] for cell in cells]
         else:
             columns[m.name] = noise.noisy_vector(release_plan.noise[m.name], clean)
-    frame = pd.DataFrame(columns, columns=list(plan.keys.key_names) + [m.name for m in measures])
+    if plan.quantiles:
+        values_by_cell: dict[tuple, list[list[float]]] = {}
+        for row in quantile_rows or []:
+            per_measure = values_by_cell.setdefault(tuple(row[:key_count]),
+                                                    [[] for _ in plan.quantiles])
+            for i in range(len(plan.quantiles)):
+                per_measure[i].append(row[key_count + i])
+        for i, q in enumerate(plan.quantiles):
+            cell_values = [values_by_cell.get(cell, [[] for _ in plan.quantiles])[i] for cell in cells]
+            columns[q.name] = noise.noisy_quantiles(q, release_plan.quantiles[q.name], cell_values)
+    frame = pd.DataFrame(columns, columns=list(plan.keys.key_names) + [m.name for m in measures]
+                         + [q.name for q in plan.quantiles])
     for i, name in enumerate(plan.keys.key_names):
         frame[name] = _typed_keys(frame[name], plan.keys.key_types[i])
     for m in measures:
@@ -302,6 +321,8 @@ def _empty_noisy_table(plan: DPPlan) -> pd.DataFrame:
         frame[name] = _typed_keys(frame[name], plan.keys.key_types[i])
     for m in plan.measures:
         frame[m.name] = pd.Series([], dtype="int64")
+    for q in plan.quantiles:
+        frame[q.name] = pd.Series([], dtype="float64")
     return frame
 
 

@@ -12,7 +12,7 @@ charge is what OpenDP certifies, not what we hope.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import opendp.prelude as dp
@@ -46,11 +46,19 @@ class ThresholdSpec:
 
 
 @dataclass(frozen=True)
+class QuantileSpec:
+    measure: str
+    scale: float
+    epsilon_per_group: float
+
+
+@dataclass(frozen=True)
 class ReleasePlan:
     cost: PrivacyCost
     noise: dict[str, NoiseSpec]
     threshold: ThresholdSpec | None
     mechanism: str
+    quantiles: dict[str, QuantileSpec] = field(default_factory=dict)
 
     def ci95(self, measure: Measure) -> float:
         return self.noise[measure.name].ci95 / measure.scale_factor
@@ -67,7 +75,7 @@ def calibrate(plan: DPPlan, *, epsilon: float, delta: float, mechanism: str,
         raise InvalidParameter("epsilon must be a positive finite number")
     if epsilon > 100:
         raise InvalidParameter("epsilon above 100 gives no meaningful privacy; ask for less")
-    k = len(plan.measures)
+    k = len(plan.measures) + len(plan.quantiles)
     thresholded = plan.keys.mode == "threshold"
     if thresholded and delta <= 0:
         raise PolicyRefused("grouping by columns without a public key set needs a threshold "
@@ -78,6 +86,8 @@ def calibrate(plan: DPPlan, *, epsilon: float, delta: float, mechanism: str,
         per_measure = epsilon / k
         for m in plan.measures:
             noise[m.name] = _laplace(m, per_measure)
+        # A unit touches at most groups_per_unit groups: basic composition over them.
+        quantiles = {q.name: _quantile(q, per_measure / q.groups_per_unit) for q in plan.quantiles}
         if thresholded:
             threshold = _laplace_threshold(plan.measure(plan.keys.threshold_measure),
                                            noise[plan.keys.threshold_measure].scale, delta)
@@ -90,6 +100,9 @@ def calibrate(plan: DPPlan, *, epsilon: float, delta: float, mechanism: str,
         per_measure = rho / k
         for m in plan.measures:
             noise[m.name] = _gaussian(m, per_measure)
+        # eps-DP is eps^2/2-zCDP; a unit's groups_per_unit groups compose their rho.
+        quantiles = {q.name: _quantile(q, math.sqrt(2 * per_measure / q.groups_per_unit))
+                     for q in plan.quantiles}
         if thresholded:
             threshold = _gaussian_threshold(plan.measure(plan.keys.threshold_measure),
                                             noise[plan.keys.threshold_measure].scale, delta / 2)
@@ -97,7 +110,8 @@ def calibrate(plan: DPPlan, *, epsilon: float, delta: float, mechanism: str,
                            rho=rho)
     else:
         raise InvalidParameter(f"unknown mechanism {mechanism!r}")
-    return ReleasePlan(cost=cost, noise=noise, threshold=threshold, mechanism=mechanism)
+    return ReleasePlan(cost=cost, noise=noise, threshold=threshold, mechanism=mechanism,
+                       quantiles=quantiles)
 
 
 # ---------------------------------------------------------------- calibration
@@ -188,6 +202,29 @@ def _laplace_threshold(m: Measure, scale: float, delta: float) -> ThresholdSpec:
 def _gaussian_threshold(m: Measure, scale: float, delta: float) -> ThresholdSpec:
     spec = _search_threshold("gaussian", _threshold_d_in(m), scale, delta)
     return ThresholdSpec(m.name, spec.threshold, spec.delta)
+
+
+def _quantile_measurement(q, scale: float):
+    domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
+    scorer = dp.t.make_quantile_score_candidates(domain, dp.symmetric_distance(),
+                                                 candidates=list(q.candidates), alpha=q.alpha)
+    return scorer >> dp.m.make_noisy_max(scorer.output_domain, scorer.output_metric,
+                                         dp.max_divergence(), scale=scale, negate=True)
+
+
+def _quantile(q, epsilon_per_group: float) -> QuantileSpec:
+    # The privacy map is linear in 1/scale: read it at scale 1, then verify.
+    unit_cost = _quantile_measurement(q, 1.0).map(q.rows_per_unit)
+    scale = unit_cost / epsilon_per_group
+    while _quantile_measurement(q, scale).map(q.rows_per_unit) > epsilon_per_group:
+        scale *= 1 + 1e-9
+    return QuantileSpec(q.name, scale, epsilon_per_group)
+
+
+def noisy_quantiles(q, spec: QuantileSpec, values_per_cell: list[list[float]]) -> list[float]:
+    """One OpenDP quantile per cell; empty cells still get a (random) candidate."""
+    measurement = _quantile_measurement(q, spec.scale)
+    return [q.candidates[measurement([float(v) for v in values])] for values in values_per_cell]
 
 
 # ---------------------------------------------------------------- drawing noise

@@ -25,14 +25,14 @@ def fake_rho(eps, delta):
 @pytest.mark.parametrize("sql,expected", [
     # (kind, column) -> expected L1 sensitivity in integer units, for L0=2, Linf rows=3
     ("SELECT region, COUNT(*) FROM people GROUP BY region", {("count", None): 2 * 3}),
-    ("SELECT region, COUNT(city) FROM people GROUP BY region", {("count_col", "city"): 2 * 3}),
+    ("SELECT region, COUNT(city) FROM people GROUP BY region", {("count_col", "people.city"): 2 * 3}),
     ("SELECT region, COUNT(DISTINCT pid) FROM people GROUP BY region", {("units", None): 2 * 1}),
-    ("SELECT region, SUM(age) FROM people GROUP BY region", {("sum", "age"): 2 * 3 * 100}),
-    ("SELECT region, SUM(score) FROM people GROUP BY region", {("sum", "score"): 2 * 3 * 10 * 2**16}),
+    ("SELECT region, SUM(age) FROM people GROUP BY region", {("sum", "people.age"): 2 * 3 * 100}),
+    ("SELECT region, SUM(score) FROM people GROUP BY region", {("sum", "people.score"): 2 * 3 * 10 * 2**16}),
     ("SELECT region, AVG(age) FROM people GROUP BY region",
-     {("sum", "age"): 2 * 3 * 100, ("count", None): 2 * 3}),
+     {("sum", "people.age"): 2 * 3 * 100, ("count", None): 2 * 3}),
     ("SELECT region, VARIANCE(age) FROM people GROUP BY region",
-     {("sum", "age"): 600, ("count", None): 6, ("sum_sq", "age"): 2 * 3 * 50 * 50}),
+     {("sum", "people.age"): 600, ("count", None): 6, ("sum_sq", "people.age"): 2 * 3 * 50 * 50}),
 ])
 def test_laplace_scale_is_sensitivity_over_epsilon_share(sql, expected):
     meta = people_metadata(max_groups_per_unit=2, max_rows_per_group=3)

@@ -34,14 +34,21 @@ def plan(sql, meta=META):
     ("SELECT SUM(income) FROM people", PolicyRefused, "no declared bounds"),
     ("SELECT AVG(pid) FROM people", PolicyRefused, "privacy unit"),
     ("SELECT COUNT(*) FROM read_csv('/etc/passwd')", PolicyRefused, "only dataset tables"),
-    ("SELECT MAX(age) FROM people", UnsupportedQuery, "quantile"),
-    ("SELECT MEDIAN(age) FROM people", UnsupportedQuery, "quantile"),
     ("SELECT COUNT(DISTINCT city) FROM people", UnsupportedQuery, "privacy unit"),
     ("SELECT SUM(age * 2) FROM people", UnsupportedQuery, "single column"),
-    ("SELECT COUNT(*) FROM people a JOIN people b ON a.pid = b.pid", UnsupportedQuery, "joins"),
-    ("WITH x AS (SELECT * FROM people) SELECT COUNT(*) FROM x", UnsupportedQuery, "WITH"),
-    ("SELECT COUNT(*) FROM (SELECT * FROM people) t", UnsupportedQuery, "subqueries"),
     ("SELECT COUNT(*) FROM people WHERE age IN (SELECT age FROM people)", UnsupportedQuery, "subqueries"),
+    ("SELECT MAX(income) FROM people", PolicyRefused, "no declared bounds"),
+    ("SELECT PERCENTILE_DISC(0.5) WITHIN GROUP (ORDER BY age) FROM people", UnsupportedQuery, "PERCENTILE"),
+    ("SELECT QUANTILE_CONT(age, 1.5) FROM people", UnsupportedQuery, "between 0 and 1"),
+    ("SELECT COUNT(*) FROM people a JOIN people b ON a.age = b.age", PolicyRefused, "privacy unit"),
+    ("SELECT COUNT(*) FROM people a CROSS JOIN people b", PolicyRefused, "cross"),
+    ("SELECT COUNT(*) FROM people a, people b", PolicyRefused, "ON condition"),
+    ("SELECT COUNT(*) FROM people a RIGHT JOIN people b ON a.pid = b.pid", UnsupportedQuery, "RIGHT"),
+    ("WITH x AS (SELECT pid, COUNT(*) AS c FROM people GROUP BY pid) SELECT AVG(c) FROM x", UnsupportedQuery, "select rows"),
+    ("SELECT COUNT(*) FROM (SELECT DISTINCT region FROM people) t", UnsupportedQuery, "select rows"),
+    ("SELECT COUNT(*) FROM (SELECT * FROM people LIMIT 5) t", UnsupportedQuery, "select rows"),
+    ("SELECT CASE WHEN age > 50 THEN city ELSE 'x' END AS b, COUNT(*) FROM people GROUP BY 1", UnsupportedQuery, "literal results"),
+    ("SELECT FLOOR(age / 10) AS d, COUNT(*) FROM people GROUP BY 1", UnsupportedQuery, "GROUP BY supports"),
     ("SELECT COUNT(*) FROM people UNION SELECT COUNT(*) FROM people", UnsupportedQuery, "UNION"),
     ("SELECT COUNT(*) FROM people WHERE regexp_matches(note, 'a')", UnsupportedQuery, "REGEXP"),
     ("SELECT COUNT(*) FROM people WHERE md5(note) = 'x'", UnsupportedQuery, "MD5"),
@@ -73,10 +80,10 @@ def test_sensitivity_comes_from_metadata_bounds():
     by_kind = {(m.kind, m.column): m for m in p.measures}
     count = by_kind[("count", None)].sensitivity
     assert (count.l0, count.linf, count.l1) == (2, 3, 6)
-    age = by_kind[("sum", "age")]
+    age = by_kind[("sum", "people.age")]
     assert age.fixed_point_bits == 0
     assert (age.sensitivity.linf, age.sensitivity.l1) == (3 * 100, 2 * 3 * 100)
-    score = by_kind[("sum", "score")]
+    score = by_kind[("sum", "people.score")]
     assert score.sensitivity.linf == 3 * 10 * score.scale_factor
     assert score.sensitivity.l2 == pytest.approx(2 ** 0.5 * 3 * 10 * score.scale_factor)
 
@@ -84,7 +91,7 @@ def test_sensitivity_comes_from_metadata_bounds():
 def test_bounds_in_sql_are_the_declared_ones_and_data_is_clamped():
     p = plan("SELECT SUM(score) FROM people")
     sql = p.bounded_sql
-    assert "GREATEST(CAST(\"score\" AS DOUBLE), 0)" in sql and ", 10)" in sql
+    assert 'GREATEST(CAST("people"."score" AS DOUBLE), 0)' in sql and ", 10)" in sql
     # no statistic of the data (MIN/MAX/quantile) is ever computed to find bounds
     for word in ("MIN(", "MAX(", "QUANTILE", "PERCENTILE"):
         assert word not in sql.upper()
@@ -138,3 +145,42 @@ def test_ingest_truncation_allows_the_direct_path():
     assert p.direct_path
     assert "per_unit" not in p.bounded_sql
     assert p.measures[0].sensitivity.l1 == 1
+
+
+def test_row_level_cte_and_subquery_are_inlined():
+    p = plan("WITH adults AS (SELECT pid, age, region FROM people WHERE age >= 18) "
+             "SELECT region, COUNT(*) AS n FROM adults WHERE age < 65 GROUP BY region")
+    sql = p.bounded_sql
+    assert "adults" not in sql and '"town"."people"' in sql
+    assert ">= 18" in sql and "< 65" in sql
+    assert [o.name for o in p.outputs] == ["region", "n"]
+    q = plan("SELECT COUNT(*) FROM (SELECT age FROM people WHERE age > 3) t")
+    assert [o.name for o in q.outputs] == ["count"]
+
+
+def test_join_on_the_unit_bounds_after_the_join():
+    p = plan("SELECT a.region, COUNT(*) FROM people a JOIN people b ON a.pid = b.pid "
+             "GROUP BY a.region")
+    tree = p.bounded
+    src = {cte.alias: cte.this for cte in tree.args["with_"].expressions}["src"]
+    assert src.args.get("joins")
+    assert p.measures[0].sensitivity.l1 == 1  # the self-join cannot raise the bound
+
+
+def test_histogram_bins_are_public_keys():
+    p = plan("SELECT CASE WHEN age < 18 THEN 'child' WHEN age < 65 THEN 'adult' ELSE 'senior' END AS band, "
+             "COUNT(*) FROM people GROUP BY 1")
+    assert p.keys.mode == "public"
+    assert {c[0] for c in p.keys.public_cells} == {"child", "adult", "senior"}
+    w = plan("SELECT width_bucket(age, 0, 100, 10) AS b, COUNT(*) FROM people GROUP BY 1")
+    assert w.keys.mode == "public" and len(w.keys.public_cells) == 12
+
+
+def test_quantiles_plan_value_query_bounded_per_unit():
+    meta = people_metadata(max_groups_per_unit=2, max_rows_per_group=3)
+    p = plan("SELECT region, MEDIAN(age), MIN(score), MAX(score) FROM people GROUP BY region", meta)
+    assert [q.alpha for q in p.quantiles] == [0.5, 0.0, 1.0]
+    assert p.quantiles[0].candidates == tuple(float(v) for v in range(0, 101))
+    assert len(p.quantiles[1].candidates) == 1024
+    assert p.quantiles[0].rows_per_unit == 3 and p.quantiles[0].groups_per_unit == 2
+    assert "__row_rank" in p.quantile_sql and "<= 3" in p.quantile_sql

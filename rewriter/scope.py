@@ -1,0 +1,240 @@
+"""The tables a query reads, how they are joined, and which column is the privacy unit.
+
+Joins are allowed only when every joined row still belongs to exactly one unit, whose own
+rows alone decide it: private tables must be joined on their unit columns, or along a
+declared foreign-key path to the table holding the unit; public tables may be joined freely.
+Contributions are then bounded per unit AFTER the join, so a join that repeats a unit's rows
+(a self-join on the unit, a fan-out to a public table) cannot raise the sensitivity.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from sqlglot import exp
+
+from sqlgate.errors import PolicyRefused, UndefinedColumn, UnsupportedQuery
+from sqlgate.metadata import ColumnMeta, DatasetMeta, TableMeta
+
+TableResolver = Callable[[exp.Table], "tuple[DatasetMeta, TableMeta]"]
+
+
+@dataclass(frozen=True)
+class Source:
+    alias: str
+    dataset: DatasetMeta
+    table: TableMeta
+
+    @property
+    def private(self) -> bool:
+        return not self.table.public
+
+
+@dataclass
+class QueryScope:
+    """Sources by alias; column references are strings 'alias.column'."""
+
+    sources: dict[str, Source]
+    joins: list[tuple[str, str, exp.Expression]] = field(default_factory=list)
+    """(join kind, alias, ON condition over qualified refs) for every joined source."""
+    first: str = ""
+    unit_ref: str = ""
+
+    # ------------------------------------------------------------ resolution
+
+    def resolve(self, column: exp.Column) -> str:
+        name = column.name.lower()
+        qualifier = column.table.lower() if column.table else ""
+        if qualifier:
+            source = self.sources.get(qualifier)
+            if source is None:
+                raise UndefinedColumn(f"column reference {column.sql()} names an unknown table "
+                                      f"'{column.table}'")
+            if source.table.column(name) is None:
+                raise UndefinedColumn(f"column '{column.name}' does not exist in table "
+                                      f"'{source.table.name}'")
+            return f"{qualifier}.{name}"
+        owners = [alias for alias, s in self.sources.items() if s.table.column(name) is not None]
+        if not owners:
+            tables = ", ".join(sorted({s.table.name for s in self.sources.values()}))
+            raise UndefinedColumn(f"column '{column.name}' does not exist in {tables}")
+        if len(owners) > 1:
+            raise UndefinedColumn(f"column reference '{column.name}' is ambiguous; qualify it "
+                                  f"({', '.join(f'{o}.{name}' for o in owners)})")
+        return f"{owners[0]}.{name}"
+
+    def meta(self, ref: str) -> ColumnMeta:
+        alias, name = ref.split(".", 1)
+        return self.sources[alias].table.column(name)
+
+    def expr(self, ref: str) -> exp.Column:
+        alias, name = ref.split(".", 1)
+        return exp.Column(this=exp.to_identifier(name, quoted=True),
+                          table=exp.to_identifier(alias, quoted=True))
+
+    def is_unit(self, ref: str) -> bool:
+        alias, name = ref.split(".", 1)
+        table = self.sources[alias].table
+        return table.privacy_unit == name
+
+    # ------------------------------------------------------------ properties of the join
+
+    @property
+    def dataset(self) -> DatasetMeta:
+        return self.sources[self.first].dataset
+
+    @property
+    def private_sources(self) -> list[Source]:
+        return [s for s in self.sources.values() if s.private]
+
+    @property
+    def max_groups_per_unit(self) -> int:
+        return max(s.table.max_groups_per_unit for s in self.private_sources)
+
+    @property
+    def max_rows_per_group(self) -> int:
+        return max(s.table.max_rows_per_group for s in self.private_sources)
+
+    @property
+    def truncate_rows_per_unit(self) -> int | None:
+        """Ingest truncation bounds a unit's rows only when one private table is read once."""
+        private = self.private_sources
+        if len(private) == 1 and len(self.sources) == 1:
+            return private[0].table.truncate_rows_per_unit
+        return None
+
+    @property
+    def description(self) -> str:
+        return " JOIN ".join(s.table.name for s in self.sources.values())
+
+    def from_expression(self) -> exp.Expression:
+        """FROM ... JOIN ... over quoted, dataset-qualified tables with their aliases."""
+        select = exp.select("*").from_(self._table_node(self.first))
+        for kind, alias, condition in self.joins:
+            select = select.join(self._table_node(alias), on=condition.copy(), join_type=kind)
+        return select
+
+    def _table_node(self, alias: str) -> exp.Table:
+        source = self.sources[alias]
+        return exp.Table(this=exp.to_identifier(source.table.name, quoted=True),
+                         db=exp.to_identifier(source.dataset.name, quoted=True),
+                         alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
+
+
+def build_scope(select: exp.Select, resolve_table: TableResolver) -> QueryScope:
+    from_ = select.args.get("from_")
+    if from_ is None:
+        raise UnsupportedQuery("the query must read a table (FROM ...)")
+    sources: dict[str, Source] = {}
+    first = _add_source(sources, from_.this, resolve_table)
+    scope = QueryScope(sources=sources, first=first)
+    pending: list[tuple[str, str, exp.Expression]] = []
+    for join in select.args.get("joins") or []:
+        alias = _add_source(sources, join.this, resolve_table)
+        kind = _join_kind(join)
+        condition = join.args.get("on")
+        if join.args.get("using"):
+            raise UnsupportedQuery("JOIN ... USING is not supported; write JOIN ... ON a.x = b.x")
+        if condition is None:
+            raise PolicyRefused("joins need an ON condition: a cross join pairs the rows of "
+                                "different people and cannot be bounded")
+        pending.append((kind, alias, condition))
+    datasets = {s.dataset.name for s in sources.values()}
+    if len(datasets) > 1:
+        raise PolicyRefused("a query may read one dataset only (budgets are per dataset)")
+    if not scope.private_sources:
+        raise UnsupportedQuery("the query reads only public tables; public tables can only be "
+                               "joined with private ones")
+    from rewriter.rowexpr import check_row_expression
+    for kind, alias, condition in pending:
+        checked = check_row_expression(condition, scope, "JOIN ... ON")
+        scope.joins.append((kind, alias, checked))
+        if kind == "LEFT" and sources[alias].private:
+            raise UnsupportedQuery("LEFT JOIN is supported towards public tables only")
+    scope.unit_ref = _unit_of(scope)
+    return scope
+
+
+def _add_source(sources: dict[str, Source], node: exp.Expression, resolve_table) -> str:
+    if isinstance(node, exp.Subquery):
+        raise UnsupportedQuery("subqueries in FROM are supported only when they select rows "
+                               "(no aggregation, DISTINCT, LIMIT or window)")
+    if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
+        raise PolicyRefused("only dataset tables can be queried: table functions, files and "
+                            "other sources are not allowed")
+    dataset, table = resolve_table(node)
+    alias = (node.alias or node.name).lower()
+    if alias in sources:
+        raise UnsupportedQuery(f"table alias '{alias}' is used twice; give each table its own alias")
+    sources[alias] = Source(alias, dataset, table)
+    return alias
+
+
+def _join_kind(join: exp.Join) -> str:
+    side = (join.side or "").upper()
+    kind = (join.kind or "").upper()
+    if kind in ("CROSS",) or join.args.get("method"):
+        raise PolicyRefused("cross and natural joins are not allowed: they pair rows of "
+                            "different people")
+    if side in ("RIGHT", "FULL"):
+        raise UnsupportedQuery(f"{side} JOIN is not supported; use INNER JOIN or LEFT JOIN")
+    if kind in ("SEMI", "ANTI", "OUTER"):
+        raise UnsupportedQuery(f"{kind} JOIN is not supported")
+    return "LEFT" if side == "LEFT" else "INNER"
+
+
+def _unit_of(scope: QueryScope) -> str:
+    """The unit column all private sources share, or a clear refusal."""
+    parent = {alias: alias for alias in scope.sources}
+
+    def find(a):
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for _, _, condition in scope.joins:
+        for eq in _conjuncts(condition):
+            if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
+                    and isinstance(eq.expression, exp.Column)):
+                continue
+            left, right = scope.resolve(eq.this), scope.resolve(eq.expression)
+            if _unit_link(scope, left, right) or _unit_link(scope, right, left):
+                parent[find(left.split(".")[0])] = find(right.split(".")[0])
+    private = scope.private_sources
+    roots = {find(s.alias) for s in private}
+    if len(roots) > 1:
+        raise PolicyRefused("private tables must be joined on their privacy unit (e.g. ON "
+                            "a.patient_id = b.patient_id) or along their declared foreign key; "
+                            "any other join could mix rows of different people")
+    direct = [s for s in private if s.table.privacy_unit]
+    if not direct:
+        via = private[0].table.unit_via
+        raise PolicyRefused(f"table '{private[0].table.name}' reaches its privacy unit through "
+                            f"'{via.table}': join it ON {private[0].alias}.{via.column} = "
+                            f"{via.table}.{via.references}")
+    return f"{direct[0].alias}.{direct[0].table.privacy_unit}"
+
+
+def _unit_link(scope: QueryScope, child_ref: str, parent_ref: str) -> bool:
+    """child = parent links two sources to one unit: unit = unit, or the FK path."""
+    child_alias, child_col = child_ref.split(".", 1)
+    parent_alias, parent_col = parent_ref.split(".", 1)
+    child, parent = scope.sources[child_alias].table, scope.sources[parent_alias].table
+    if child.public or parent.public:
+        return False
+    if child.privacy_unit == child_col and parent.privacy_unit == parent_col:
+        return True
+    via = child.unit_via
+    return (via is not None and via.column == child_col and via.table == parent.name
+            and via.references == parent_col)
+
+
+def _conjuncts(condition: exp.Expression):
+    if isinstance(condition, exp.And):
+        yield from _conjuncts(condition.this)
+        yield from _conjuncts(condition.expression)
+    elif isinstance(condition, exp.Paren):
+        yield from _conjuncts(condition.this)
+    else:
+        yield condition
