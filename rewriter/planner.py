@@ -484,7 +484,10 @@ def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: 
     bounded_from = "per_unit"
     ctes = [("src", src), ("per_unit", per_unit)]
     if keys and _needs_l0_window(scope, key_release):
-        order = [exp.Ordered(this=exp.func("HASH", *[c.copy() for c in key_cols]))]
+        # Hashing the unit with the keys spreads the kept groups across units (a hash of the
+        # keys alone would keep the same groups for everyone); it still depends only on the
+        # unit's own rows, and HASH is deterministic, never RANDOM().
+        order = [exp.Ordered(this=exp.func("HASH", _col(UNIT), *[c.copy() for c in key_cols]))]
         row_number = exp.Window(this=exp.RowNumber(), partition_by=[_col(UNIT)],
                                 order=exp.Order(expressions=order))
         bounded = exp.select("*").from_("per_unit").qualify(
@@ -518,7 +521,7 @@ def _quantile_sql(scope: QueryScope, keys, quantiles, where, key_release, direct
     conditions = [exp.LTE(this=_col("__row_rank"), expression=exp.Literal.number(scope.max_rows_per_group))]
     if keys:
         # Ties in the hash are broken by the keys themselves, so a unit never gets more groups.
-        group_order = exp.Order(expressions=[exp.Ordered(this=exp.func("HASH", *[c.copy() for c in key_cols]))]
+        group_order = exp.Order(expressions=[exp.Ordered(this=exp.func("HASH", _col(UNIT), *[c.copy() for c in key_cols]))]
                                 + [exp.Ordered(this=c.copy()) for c in key_cols])
         group_rank = exp.Window(this=exp.func("DENSE_RANK"), partition_by=[_col(UNIT)], order=group_order)
         ranked_columns.append(exp.alias_(group_rank, "__group_rank", quoted=True))

@@ -41,6 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--tpch-scale", type=float, default=0.1,
                       help="TPC-H scale factor made with tpchgen-cli (0 to skip)")
     demo.add_argument("--epsilon", type=float, default=1.0, help="epsilon per demo query")
+    demo.add_argument("--fresh", action="store_true",
+                      help="rebuild the demo datasets (new data version: cached answers no longer apply)")
     demo.set_defaults(handler=_demo)
 
     query = sub.add_parser("query", help="run one DP query against the domain")
@@ -106,11 +108,17 @@ def _demo(args) -> int:
     home = Path(args.home)
     print(f"sqlgate demo: building a domain in {home}/")
     with Gateway(home) as gateway:
+        present = {d.name for d in gateway.datasets()}
         started = time.perf_counter()
-        demo.load_hospital(gateway, args.patients)
-        print(f"  loaded dataset 'hospital' ({args.patients} generated patients and their visits) "
-              f"in {time.perf_counter() - started:.2f}s")
-        if args.tpch_scale > 0:
+        if "hospital" in present and not args.fresh:
+            print("  dataset 'hospital' already loaded (use --fresh to rebuild)")
+        else:
+            demo.load_hospital(gateway, args.patients)
+            print(f"  loaded dataset 'hospital' ({args.patients} generated patients and their "
+                  f"visits) in {time.perf_counter() - started:.2f}s")
+        if "tpch" in present and not args.fresh:
+            print("  dataset 'tpch' already loaded (use --fresh to rebuild)")
+        elif args.tpch_scale > 0:
             started = time.perf_counter()
             try:
                 demo.load_tpch(gateway, args.tpch_scale)
@@ -131,7 +139,9 @@ def _demo(args) -> int:
         print(f"budget of 'demo-analyst' on 'hospital': spent epsilon={status.spent_epsilon:.3g}, "
               f"remaining epsilon={status.remaining_epsilon:.3g}")
     print()
-    print(f"Try: sqlgate --home {home} query \"SELECT sex, COUNT(*) FROM patients GROUP BY sex\"")
+    prefix = "sqlgate" if str(home) == DEFAULT_HOME else f"sqlgate --home {home}"
+    print(f"Try: {prefix} query \"SELECT sex, COUNT(*), AVG(bmi) FROM patients GROUP BY sex\" --analyst alice")
+    print(f"     {prefix} explain \"SELECT department, SUM(cost) FROM visits GROUP BY department\"")
     return 0
 
 

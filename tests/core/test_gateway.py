@@ -215,3 +215,18 @@ def test_errors_never_contain_data_values(gateway):
             gateway.query(sql, analyst="a")
         text = err.value.message
         assert not any(v in text for v in secret_values - set(sql.split("'")))
+
+
+def test_l0_bound_keeps_a_different_subset_per_unit(tmp_path):
+    """Every unit is in all 4 regions but may count in one: the kept region must vary by
+    unit, so each region gets about a quarter (a key-only choice would give one region all)."""
+    from sqlgate.gateway import Gateway
+    units = 2000
+    data = pd.DataFrame({"pid": np.repeat(np.arange(units), 4), "age": 30, "score": 1.0,
+                         "region": REGIONS * units, "city": "x", "note": "n", "income": 1.0})
+    with Gateway(tmp_path / "d") as gw:
+        gw.add_dataset(people_metadata(max_groups_per_unit=1), {"people": data})
+        got = gw.query("SELECT region, COUNT(*) AS n FROM people GROUP BY region",
+                       analyst="a", epsilon=BIG_EPSILON).to_pandas()
+    assert got.n.sum() == pytest.approx(units, abs=10)
+    assert got.n.min() > units / 4 * 0.8 and got.n.max() < units / 4 * 1.2
