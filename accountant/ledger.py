@@ -1,0 +1,77 @@
+"""The durable ledger interface: budget overrides, charges and cached answers.
+
+A ledger only stores and locks; the budget policy lives in `Accountant`, which passes a
+`decide` callback to `Ledger.charge`. The ledger calls it *inside* the transaction that holds
+the per-(analyst, dataset) write lock, with the override and the sums read under that lock,
+and inserts the charge only if the callback returns. That makes "re-check + insert" one
+atomic step across threads and processes (privacy rule 4).
+
+Tables (same in every backend; creation is idempotent):
+  budgets (analyst, dataset, epsilon, delta, set_by, set_at)  -- owner overrides, one per pair
+  charges (id, analyst, dataset, measure, epsilon, delta, rho, query_key, query_text, created_at)
+                                                              -- append-only
+  answers (charge_id, analyst, dataset, query_key, answer, created_at)
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Callable
+
+from accountant.budget import Spent
+from sqlgate.metadata import Budget
+
+
+@dataclass(frozen=True)
+class ChargeRequest:
+    analyst: str
+    dataset: str
+    measure: str
+    epsilon: float
+    delta: float
+    rho: float
+    query_key: str | None = None
+    query_text: str | None = None
+
+
+# Called under the lock with (override or None, spent so far); raises to refuse the charge.
+Decide = Callable[[Budget | None, Spent], None]
+
+HISTORY_FIELDS = ("id", "analyst", "dataset", "measure", "epsilon", "delta", "rho",
+                  "query_key", "query_text", "created_at")
+
+
+class Ledger(abc.ABC):
+    """Durable, concurrency-safe store behind `Accountant`."""
+
+    @abc.abstractmethod
+    def get_override(self, analyst: str, dataset: str) -> Budget | None:
+        """The owner's durable budget override, if any."""
+
+    @abc.abstractmethod
+    def set_override(self, analyst: str, dataset: str, budget: Budget, set_by: str) -> None:
+        """Insert or replace the override (takes the same lock as `charge`)."""
+
+    @abc.abstractmethod
+    def snapshot(self, analyst: str, dataset: str) -> tuple[Budget | None, Spent]:
+        """Override and spent sums read in one consistent read; writes nothing."""
+
+    @abc.abstractmethod
+    def charge(self, request: ChargeRequest, decide: Decide) -> int:
+        """Lock (analyst, dataset), read, call `decide`, insert, commit; returns the charge id.
+        If `decide` raises, nothing is written and the exception propagates."""
+
+    @abc.abstractmethod
+    def record_answer(self, charge_id: int, answer: bytes) -> None:
+        """Store the released answer of a charge (once per charge)."""
+
+    @abc.abstractmethod
+    def cached_answer(self, analyst: str, dataset: str, query_key: str) -> bytes | None:
+        """The most recent answer recorded for exactly this (analyst, dataset, query_key)."""
+
+    @abc.abstractmethod
+    def history(self, analyst: str | None = None, dataset: str | None = None) -> list[dict]:
+        """Charges in id order, as dicts with HISTORY_FIELDS (created_at as ISO 8601 text)."""
+
+    def close(self) -> None:
+        """Release resources; the default ledgers hold none between calls."""

@@ -1,0 +1,225 @@
+"""SQLite ledger: one file, safe across threads and processes, durable across crashes.
+
+* WAL journal: readers never block the writer and a committed transaction is in the WAL
+  before COMMIT returns; `synchronous=FULL` fsyncs the WAL at every commit, so a charge that
+  was reported committed survives SIGKILL and power loss.
+* Every charge runs in `BEGIN IMMEDIATE`, which takes SQLite's single write lock before the
+  first read: the re-check and the insert see and produce a serial history, so concurrent
+  charges can never overspend. `busy_timeout` makes contenders wait instead of failing.
+* A new connection per call: no connection is shared between threads, and nothing is
+  inherited across fork (a forked child opens its own). Opening costs ~100 us, small next
+  to the fsync of a charge.
+"""
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from accountant.budget import Spent
+from accountant.ledger import HISTORY_FIELDS, ChargeRequest, Decide, Ledger
+from sqlgate.errors import Conflict, NotFound
+from sqlgate.metadata import Budget
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS budgets (
+    analyst TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    epsilon REAL NOT NULL,
+    delta REAL NOT NULL,
+    set_by TEXT NOT NULL,
+    set_at TEXT NOT NULL,
+    PRIMARY KEY (analyst, dataset)
+);
+CREATE TABLE IF NOT EXISTS charges (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    analyst TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    measure TEXT NOT NULL CHECK (measure IN ('pure', 'zcdp')),
+    epsilon REAL NOT NULL,
+    delta REAL NOT NULL,
+    rho REAL NOT NULL,
+    query_key TEXT,
+    query_text TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS charges_by_analyst_dataset ON charges (analyst, dataset);
+CREATE TABLE IF NOT EXISTS answers (
+    charge_id INTEGER PRIMARY KEY REFERENCES charges (id),
+    analyst TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    query_key TEXT,
+    answer BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS answers_by_key ON answers (analyst, dataset, query_key);
+-- Charge before release, no refunds (privacy rule 4): the charge log is append-only.
+CREATE TRIGGER IF NOT EXISTS charges_no_update BEFORE UPDATE ON charges
+BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS charges_no_delete BEFORE DELETE ON charges
+BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
+"""
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class SqliteLedger(Ledger):
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 60.0):
+        text = str(path)
+        # Paths are opened as plain file names (no URI parsing), so only these mean memory.
+        if text in ("", ":memory:"):
+            raise ValueError("SqliteLedger needs a file path: an in-memory ledger would lose "
+                             "charges and is private to one connection")
+        self.path = Path(path)
+        self.busy_timeout_s = float(busy_timeout_s)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connection() as conn:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise RuntimeError(f"could not put the ledger {self.path} in WAL mode (got {mode})")
+            with self._write(conn):
+                for statement in _statements(_SCHEMA):
+                    conn.execute(statement)
+
+    # ------------------------------------------------------------------ plumbing
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves (Python's implicit
+        # transactions would begin DEFERRED, which can deadlock-upgrade under contention).
+        conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+            conn.execute("PRAGMA synchronous = FULL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextlib.contextmanager
+    def _write(self, conn: sqlite3.Connection) -> Iterator[None]:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            raise Conflict("the privacy ledger is busy; try again",
+                           hint=f"SQLite: {exc}") from None
+        try:
+            yield
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    @contextlib.contextmanager
+    def _read(self, conn: sqlite3.Connection) -> Iterator[None]:
+        # A deferred transaction that only reads: one consistent WAL snapshot, no write lock.
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            conn.execute("COMMIT")
+
+    @staticmethod
+    def _override(conn: sqlite3.Connection, analyst: str, dataset: str) -> Budget | None:
+        row = conn.execute("SELECT epsilon, delta FROM budgets WHERE analyst = ? AND dataset = ?",
+                           (analyst, dataset)).fetchone()
+        return None if row is None else Budget(epsilon=row[0], delta=row[1])
+
+    @staticmethod
+    def _spent(conn: sqlite3.Connection, analyst: str, dataset: str) -> Spent:
+        rows = conn.execute("SELECT measure, epsilon, delta, rho FROM charges "
+                            "WHERE analyst = ? AND dataset = ?", (analyst, dataset))
+        return Spent.from_rows(rows)
+
+    # ------------------------------------------------------------------ Ledger
+
+    def get_override(self, analyst: str, dataset: str) -> Budget | None:
+        with self._connection() as conn:
+            return self._override(conn, analyst, dataset)
+
+    def set_override(self, analyst: str, dataset: str, budget: Budget, set_by: str) -> None:
+        with self._connection() as conn, self._write(conn):
+            conn.execute(
+                "INSERT INTO budgets (analyst, dataset, epsilon, delta, set_by, set_at) "
+                "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (analyst, dataset) DO UPDATE SET "
+                "epsilon = excluded.epsilon, delta = excluded.delta, set_by = excluded.set_by, "
+                "set_at = excluded.set_at",
+                (analyst, dataset, float(budget.epsilon), float(budget.delta), set_by, _now()))
+
+    def snapshot(self, analyst: str, dataset: str) -> tuple[Budget | None, Spent]:
+        with self._connection() as conn, self._read(conn):
+            return self._override(conn, analyst, dataset), self._spent(conn, analyst, dataset)
+
+    def charge(self, request: ChargeRequest, decide: Decide) -> int:
+        with self._connection() as conn:
+            with self._write(conn):
+                decide(self._override(conn, request.analyst, request.dataset),
+                       self._spent(conn, request.analyst, request.dataset))
+                cursor = conn.execute(
+                    "INSERT INTO charges (analyst, dataset, measure, epsilon, delta, rho, "
+                    "query_key, query_text, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (request.analyst, request.dataset, request.measure, float(request.epsilon),
+                     float(request.delta), float(request.rho), request.query_key,
+                     request.query_text, _now()))
+                charge_id = cursor.lastrowid
+            return int(charge_id)
+
+    def record_answer(self, charge_id: int, answer: bytes) -> None:
+        with self._connection() as conn, self._write(conn):
+            row = conn.execute("SELECT analyst, dataset, query_key FROM charges WHERE id = ?",
+                               (int(charge_id),)).fetchone()
+            if row is None:
+                raise NotFound(f"no privacy charge with id {int(charge_id)}")
+            if conn.execute("SELECT 1 FROM answers WHERE charge_id = ?",
+                            (int(charge_id),)).fetchone():
+                raise Conflict(f"an answer is already recorded for charge {int(charge_id)}")
+            conn.execute("INSERT INTO answers (charge_id, analyst, dataset, query_key, answer, "
+                         "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                         (int(charge_id), row[0], row[1], row[2], bytes(answer), _now()))
+
+    def cached_answer(self, analyst: str, dataset: str, query_key: str) -> bytes | None:
+        with self._connection() as conn:
+            row = conn.execute("SELECT answer FROM answers WHERE analyst = ? AND dataset = ? "
+                               "AND query_key = ? ORDER BY charge_id DESC LIMIT 1",
+                               (analyst, dataset, query_key)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def history(self, analyst: str | None = None, dataset: str | None = None) -> list[dict]:
+        where, params = _filters(analyst, dataset)
+        with self._connection() as conn:
+            rows = conn.execute(f"SELECT {', '.join(HISTORY_FIELDS)} FROM charges{where} "
+                                "ORDER BY id", params).fetchall()
+        return [dict(zip(HISTORY_FIELDS, row)) for row in rows]
+
+    def __repr__(self) -> str:
+        return f"SqliteLedger({str(self.path)!r})"
+
+
+def _filters(analyst: str | None, dataset: str | None) -> tuple[str, tuple]:
+    clauses, params = [], []
+    if analyst is not None:
+        clauses.append("analyst = ?")
+        params.append(analyst)
+    if dataset is not None:
+        clauses.append("dataset = ?")
+        params.append(dataset)
+    return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), tuple(params)
+
+
+def _statements(script: str) -> list[str]:
+    """Split the schema script; triggers contain ';' inside BEGIN ... END."""
+    out, buf = [], []
+    for line in script.strip().splitlines():
+        if line.startswith("--"):
+            continue
+        buf.append(line)
+        text = "\n".join(buf)
+        if sqlite3.complete_statement(text):
+            out.append(text.strip())
+            buf = []
+    return out
