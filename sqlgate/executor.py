@@ -64,7 +64,8 @@ class DuckDBExecutor:
             return self._db.cursor()
 
     def run(self, sql: str, *, timeout_s: float | None = None,
-            cancel: threading.Event | None = None) -> RawResult:
+            cancel: threading.Event | None = None, as_frame: bool = False):
+        """Run SQL; rows as tuples, or (as_frame) a pandas DataFrame for bulk values."""
         cursor = self.cursor()
         finished = threading.Event()
         timed_out = threading.Event()
@@ -86,6 +87,8 @@ class DuckDBExecutor:
                 raise QueryCanceled("the query was cancelled")
             relation = cursor.execute(sql)
             columns = tuple(d[0] for d in relation.description)
+            if as_frame:
+                return relation.df()
             rows = relation.fetchall()
             return RawResult(columns, rows)
         except duckdb.Error:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import duckdb
+import numpy as np
 import pandas as pd
 from sqlglot import exp
 
@@ -135,14 +136,14 @@ class Gateway:
         if plan.bounded_sql:
             raw_rows = self.executor.run(plan.bounded_sql, timeout_s=self.statement_timeout_s,
                                          cancel=cancel).rows
-        quantile_rows = None
+        quantile_values = None
         if plan.quantile_sql:
-            quantile_rows = self.executor.run(plan.quantile_sql, timeout_s=self.statement_timeout_s,
-                                              cancel=cancel).rows
+            quantile_values = self.executor.run(plan.quantile_sql, timeout_s=self.statement_timeout_s,
+                                                cancel=cancel, as_frame=True)
         charge_id = self.accountant.charge(analyst, meta.name, release_plan.cost,
                                            query_key=query_key, query_text=sql)
         # From here on the budget is spent: failures below do not refund (rule 4).
-        noisy = _noisy_table(plan, release_plan, raw_rows, quantile_rows)
+        noisy = _noisy_table(plan, release_plan, raw_rows, quantile_values)
         rows, columns = self._postprocess(plan, release_plan, noisy)
         result = DPResult(columns=columns, rows=rows, cost=release_plan.cost, cached=False,
                           query_id=uuid.uuid4().hex, dataset=meta.name, sql=sql,
@@ -270,7 +271,7 @@ def _query_key(entry: DatasetEntry, plan: DPPlan, epsilon: float) -> str:
 
 
 def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
-                 quantile_rows: list[tuple] | None = None) -> pd.DataFrame:
+                 quantile_values: pd.DataFrame | None = None) -> pd.DataFrame:
     """Keys (public or thresholded) and noisy measures: everything post-processing sees."""
     key_count = len(plan.keys.key_names)
     measures = plan.measures
@@ -297,14 +298,10 @@ def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
         else:
             columns[m.name] = noise.noisy_vector(release_plan.noise[m.name], clean)
     if plan.quantiles:
-        values_by_cell: dict[tuple, list[list[float]]] = {}
-        for row in quantile_rows or []:
-            per_measure = values_by_cell.setdefault(tuple(row[:key_count]),
-                                                    [[] for _ in plan.quantiles])
-            for i in range(len(plan.quantiles)):
-                per_measure[i].append(row[key_count + i])
+        values_by_cell = _values_by_cell(quantile_values, key_count)
         for i, q in enumerate(plan.quantiles):
-            cell_values = [values_by_cell.get(cell, [[] for _ in plan.quantiles])[i] for cell in cells]
+            empty = np.empty(0)
+            cell_values = [values_by_cell.get(cell, {}).get(i, empty) for cell in cells]
             columns[q.name] = noise.noisy_quantiles(q, release_plan.quantiles[q.name], cell_values)
     frame = pd.DataFrame(columns, columns=list(plan.keys.key_names) + [m.name for m in measures]
                          + [q.name for q in plan.quantiles])
@@ -313,6 +310,28 @@ def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
     for m in measures:
         frame[m.name] = frame[m.name].astype("int64")
     return frame
+
+
+def _values_by_cell(frame: pd.DataFrame | None, key_count: int) -> dict[tuple, dict[int, np.ndarray]]:
+    """Each cell's value vectors (one per quantile), from the bounded value query."""
+    if frame is None or frame.empty:
+        return {}
+    key_columns = list(frame.columns[:key_count])
+    value_columns = list(frame.columns[key_count:])
+    if not key_columns:
+        return {(): {i: frame[c].to_numpy(dtype=float) for i, c in enumerate(value_columns)}}
+    cells = {}
+    for key, group in frame.groupby(key_columns, dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        key = tuple(None if (isinstance(v, float) and v != v) else _python_scalar(v) for v in key)
+        cells[key] = {i: group[c].to_numpy(dtype=float) for i, c in enumerate(value_columns)}
+    return cells
+
+
+def _python_scalar(value):
+    if isinstance(value, pd.Timestamp):
+        return value.date()
+    return value.item() if hasattr(value, "item") else value
 
 
 def _empty_noisy_table(plan: DPPlan) -> pd.DataFrame:

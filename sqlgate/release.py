@@ -227,6 +227,7 @@ def noisy_quantiles(q, spec: QuantileSpec, values_per_cell: list[list[float]]) -
     return [q.candidates[measurement([float(v) for v in values])] for values in values_per_cell]
 
 
+
 # ---------------------------------------------------------------- drawing noise
 
 
