@@ -56,18 +56,26 @@ class Catalog:
             raise NotFound(f"dataset '{name}' does not exist")
         return found
 
-    def resolve_table(self, node: exp.Table) -> tuple[DatasetMeta, TableMeta]:
+    def resolve_table(self, node: exp.Table, scope: frozenset[str] | None = None
+                      ) -> tuple[DatasetMeta, TableMeta]:
+        """The dataset and table a SQL table reference names.
+
+        `scope` (lower-case dataset names) hides every other dataset: a caller cannot tell a
+        dataset it may not query from one that does not exist.
+        """
+        entries = self._entries if scope is None else \
+            {k: e for k, e in self._entries.items() if k in scope}
         if node.catalog:
             raise UndefinedTable(f"table {node.sql()} does not exist (catalogs are not used)")
         table_name = node.name.lower()
         schema = node.db.lower() if node.db else None
         if schema:
-            entry = self._entries.get(schema)
+            entry = entries.get(schema)
             table = entry.meta.table(table_name) if entry else None
             if table is None:
                 raise UndefinedTable(f"table '{node.db}.{node.name}' does not exist")
             return entry.meta, table
-        matches = [(e.meta, e.meta.table(table_name)) for e in self._entries.values()
+        matches = [(e.meta, e.meta.table(table_name)) for e in entries.values()
                    if e.meta.table(table_name) is not None]
         if not matches:
             raise UndefinedTable(f"table '{node.name}' does not exist")

@@ -142,6 +142,12 @@ class Conflict(SqlgateError):
     http_status = 409
 
 
+class TooManyRequests(SqlgateError):
+    code = "too_many_requests"
+    sqlstate = "53300"
+    http_status = 429
+
+
 class LimitExceeded(SqlgateError):
     code = "limit_exceeded"
     sqlstate = "54000"

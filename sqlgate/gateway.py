@@ -12,7 +12,7 @@ import tempfile
 import threading
 import uuid
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import duckdb
 import numpy as np
@@ -103,13 +103,14 @@ class Gateway:
 
     # ------------------------------------------------------------ analyst actions
 
-    def describe(self, sql: str) -> list[OutputColumn]:
+    def describe(self, sql: str, *, scope: Iterable[str] | None = None) -> list[OutputColumn]:
         """Output columns of a query, without touching data or budget."""
-        plan, _ = self._plan(sql)
+        plan, _ = self._plan(sql, scope)
         return list(self._output_columns(plan, None, None))
 
-    def explain(self, sql: str, *, analyst: str, epsilon: float | None = None) -> Explanation:
-        plan, entry = self._plan(sql)
+    def explain(self, sql: str, *, analyst: str, epsilon: float | None = None,
+                scope: Iterable[str] | None = None) -> Explanation:
+        plan, entry = self._plan(sql, scope)
         epsilon = self._epsilon(entry.meta, epsilon)
         release_plan = self._calibrate(plan, entry.meta, epsilon)
         columns = self._output_columns(plan, release_plan, None)
@@ -121,8 +122,11 @@ class Gateway:
             notes=_accuracy_notes(plan))
 
     def query(self, sql: str, *, analyst: str, epsilon: float | None = None,
-              cancel: threading.Event | None = None) -> DPResult:
-        plan, entry = self._plan(sql)
+              cancel: threading.Event | None = None,
+              scope: Iterable[str] | None = None) -> DPResult:
+        """One DP answer. `scope` limits which datasets the SQL may name (the caller's grants);
+        others look exactly like missing ones."""
+        plan, entry = self._plan(sql, scope)
         meta = entry.meta
         epsilon = self._epsilon(meta, epsilon)
         release_plan = self._calibrate(plan, meta, epsilon)
@@ -193,10 +197,15 @@ class Gateway:
                                          default_budget=meta.default_budget,
                                          analyst_budgets=dict(meta.analyst_budgets))
 
-    def _plan(self, sql: str) -> tuple[DPPlan, DatasetEntry]:
+    def _plan(self, sql: str, scope: Iterable[str] | None = None) -> tuple[DPPlan, DatasetEntry]:
         if not isinstance(sql, str):
             raise InvalidParameter("the query must be a string")
-        plan = plan_query(sql, self.catalog.resolve_table)
+        if scope is None:
+            resolve = self.catalog.resolve_table
+        else:
+            visible = frozenset(name.lower() for name in scope)
+            resolve = lambda node: self.catalog.resolve_table(node, visible)  # noqa: E731
+        plan = plan_query(sql, resolve)
         return plan, self.catalog.entry(plan.dataset)
 
     @staticmethod
