@@ -426,14 +426,15 @@ def _num(value: float) -> exp.Expression:
     return exp.Literal.number(repr(float(value)))
 
 
-def _src(scope: QueryScope, keys, extra_columns, where, key_release) -> exp.Select:
+def _src(scope: QueryScope, keys, extra_columns, where, key_release,
+         filter_keys: bool = True) -> exp.Select:
     columns: list[exp.Expression] = [exp.alias_(scope.expr(scope.unit_ref), UNIT, quoted=True)]
     columns += [exp.alias_(k.expr.copy(), k.output, quoted=True) for k in keys]
     columns += extra_columns
     conditions = []
     if where is not None:
         conditions.append(total_predicate(where))
-    if key_release.mode == "public":
+    if key_release.mode == "public" and filter_keys:
         for k in keys:
             conditions.append(_in_public_keys(k))
     src = scope.from_expression()
@@ -443,12 +444,28 @@ def _src(scope: QueryScope, keys, extra_columns, where, key_release) -> exp.Sele
     return src
 
 
-def _in_public_keys(key: _Key) -> exp.Expression:
+def _in_public_keys(key: _Key, expr: exp.Expression | None = None) -> exp.Expression:
+    """`expr` (default: the key's row expression) is one of the key's public values."""
+    expr = key.expr if expr is None else expr
     values = [_literal(v) for v in key.public_keys if v is not None]
-    condition = exp.In(this=key.expr.copy(), expressions=values) if values else exp.false()
+    condition = exp.In(this=expr.copy(), expressions=values) if values else exp.false()
     if None in key.public_keys:
-        condition = exp.or_(condition, exp.Is(this=key.expr.copy(), expression=exp.Null()))
+        condition = exp.or_(condition, exp.Is(this=expr.copy(), expression=exp.Null()))
     return condition
+
+
+def _filter_keys_early(scope: QueryScope, key_release: KeyRelease, direct: bool) -> bool:
+    """Where public key sets are enforced in the bounded SQL.
+
+    Early (on rows, in src) when a unit's groups are chosen by the L0 window: a group with
+    a non-public key must not use up one of the unit's max_groups_per_unit slots. Otherwise
+    late (HAVING on the final groups), which is cheaper: testing every row's key against
+    the key set costs more than the aggregation itself (an IN over strings per row), while
+    the groups are few. Both release the same cells with the same sensitivity: a unit still
+    touches at most min(L0, public cells) released cells, each by at most Linf, and groups
+    with other keys never leave the engine.
+    """
+    return key_release.mode == "public" and not direct and _needs_l0_window(scope, key_release)
 
 
 def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: bool) -> exp.Select:
@@ -466,8 +483,12 @@ def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: 
             alias = f"v_{m.name}"
             extra.append(exp.alias_(scope.expr(m.column), alias, quoted=True))
             value_columns[m.name] = alias
-    src = _src(scope, keys, extra, where, key_release)
+    early = _filter_keys_early(scope, key_release, direct)
+    src = _src(scope, keys, extra, where, key_release, filter_keys=early)
     key_cols = [_col(k.output) for k in keys]
+    late_filter = None
+    if key_release.mode == "public" and keys and not early:
+        late_filter = exp.and_(*[_in_public_keys(k, _col(k.output)) for k in keys])
 
     if direct:
         final_aggs = [exp.alias_(_direct_aggregate(m, value_columns), m.name, quoted=True)
@@ -475,6 +496,8 @@ def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: 
         result = exp.select(*key_cols, *final_aggs).from_("src")
         if keys:
             result = result.group_by(*[c.copy() for c in key_cols])
+        if late_filter is not None:
+            result = result.having(late_filter)
         return result.with_("src", as_=src)
 
     per_unit_aggs = [exp.alias_(_per_unit_contribution(m, value_columns, scope), f"c_{m.name}",
@@ -499,6 +522,8 @@ def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: 
     result = exp.select(*[c.copy() for c in key_cols], *final_aggs).from_(bounded_from)
     if keys:
         result = result.group_by(*[c.copy() for c in key_cols])
+    if late_filter is not None:
+        result = result.having(late_filter)
     for name, cte in ctes:
         result = result.with_(name, as_=cte)
     return result
@@ -519,8 +544,10 @@ def _quantile_sql(scope: QueryScope, keys, quantiles, where, key_release, direct
     ranked_columns = [*[c.copy() for c in key_cols], *[v.copy() for v in values],
                       exp.alias_(row_rank, "__row_rank", quoted=True)]
     conditions = [exp.LTE(this=_col("__row_rank"), expression=exp.Literal.number(scope.max_rows_per_group))]
-    if keys:
+    if keys and _needs_l0_window(scope, key_release):
         # Ties in the hash are broken by the keys themselves, so a unit never gets more groups.
+        # (Skipped when the public key set has no more cells than a unit may touch: src keeps
+        # public keys only, so no unit can exceed max_groups_per_unit groups anyway.)
         group_order = exp.Order(expressions=[exp.Ordered(this=exp.func("HASH", _col(UNIT), *[c.copy() for c in key_cols]))]
                                 + [exp.Ordered(this=c.copy()) for c in key_cols])
         group_rank = exp.Window(this=exp.func("DENSE_RANK"), partition_by=[_col(UNIT)], order=group_order)

@@ -63,7 +63,24 @@ def _total(node: exp.Expression) -> exp.Expression:
     for cast in list(node.find_all(exp.Cast)):
         if not isinstance(cast, exp.TryCast):
             cast.replace(exp.TryCast(this=cast.this, to=cast.to))
-    return node
+    return _checked_arithmetic(node)
+
+
+# DuckDB's optimizer rewrites `x * c > d` to `x > d / c` (and likewise for + and -), which is
+# only equal when x * c does not overflow: an overflowing row would then pass the predicate
+# instead of raising inside TRY() (-> NULL), and the answer would depend on the engine. The
+# function forms compute the same values but are not moved, so overflow -> NULL everywhere.
+_FUNCTION_FORMS = {exp.Add: "add", exp.Sub: "subtract", exp.Mul: "multiply"}
+
+
+def _checked_arithmetic(node: exp.Expression) -> exp.Expression:
+    def replace(sub: exp.Expression) -> exp.Expression:
+        name = _FUNCTION_FORMS.get(type(sub))
+        if name is None or isinstance(sub.this, exp.Interval) \
+                or isinstance(sub.expression, exp.Interval):
+            return sub
+        return exp.Anonymous(this=name, expressions=[sub.this, sub.expression])
+    return node.transform(replace)
 
 
 def total_predicate(predicate: exp.Expression) -> exp.Expression:

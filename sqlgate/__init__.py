@@ -10,7 +10,11 @@ def __getattr__(name):
     if name == "Gateway":
         from sqlgate.gateway import Gateway
         return Gateway
+    if name == "connect":
+        from sqlgate.client import connect
+        return connect
     raise AttributeError(name)
 
 
-__all__ = ["Gateway", "Budget", "DatasetMeta", "SqlgateError", "load_dataset_yaml", "parse_dataset"]
+__all__ = ["Gateway", "connect", "Budget", "DatasetMeta", "SqlgateError", "load_dataset_yaml",
+           "parse_dataset"]

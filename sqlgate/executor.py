@@ -8,6 +8,7 @@ which needs no file access. Engine errors are never shown: their texts can quote
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,6 +54,7 @@ class DuckDBExecutor:
     def __init__(self, path: str | None = None, *, threads: int | None = None):
         self._db = sandboxed_duckdb(path, threads=threads)
         self._lock = threading.Lock()
+        self._watchdog = Watchdog()
 
     @property
     def connection(self) -> duckdb.DuckDBPyConnection:
@@ -67,21 +69,8 @@ class DuckDBExecutor:
             cancel: threading.Event | None = None, as_frame: bool = False):
         """Run SQL; rows as tuples, or (as_frame) a pandas DataFrame for bulk values."""
         cursor = self.cursor()
-        finished = threading.Event()
-        timed_out = threading.Event()
         cancel = cancel or threading.Event()
-
-        def watch():
-            # Wakes on cancel, on timeout, or when the query finished on its own.
-            deadline_hit = not _wait_any(cancel, finished, timeout_s)
-            if finished.is_set():
-                return
-            if deadline_hit:
-                timed_out.set()
-            cursor.interrupt()
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
+        watch = self._watchdog.watch(cursor, cancel, timeout_s)
         try:
             if cancel.is_set():
                 raise QueryCanceled("the query was cancelled")
@@ -92,28 +81,85 @@ class DuckDBExecutor:
             rows = relation.fetchall()
             return RawResult(columns, rows)
         except duckdb.Error:
-            if timed_out.is_set():
+            if watch.timed_out.is_set():
                 raise QueryCanceled("the query exceeded the statement timeout") from None
             if cancel.is_set():
                 raise QueryCanceled("the query was cancelled") from None
             raise ExecutionFailed() from None
         finally:
-            finished.set()
-            watcher.join(timeout=0.05)
+            # After this returns the watchdog can no longer interrupt the cursor.
+            self._watchdog.release(watch)
             cursor.close()
 
     def close(self) -> None:
+        self._watchdog.close()
         self._db.close()
 
 
-def _wait_any(cancel: threading.Event, finished: threading.Event, timeout_s: float | None) -> bool:
-    """Wait until cancel or finished is set; False if timeout_s passed first."""
-    import time
-    deadline = None if not timeout_s else time.monotonic() + timeout_s
-    while True:
-        if cancel.is_set() or finished.is_set():
-            return True
-        remaining = None if deadline is None else deadline - time.monotonic()
-        if remaining is not None and remaining <= 0:
-            return False
-        finished.wait(0.05 if remaining is None else min(0.05, remaining))
+@dataclass
+class _Watch:
+    cursor: Any
+    cancel: threading.Event
+    deadline: float | None
+    timed_out: threading.Event
+
+
+class Watchdog:
+    """Interrupts running statements that are cancelled or past their deadline.
+
+    One daemon thread per executor, started on first use, serves every statement: starting
+    a watcher thread per statement cost about a millisecond, a visible share of a small DP
+    query. It polls every POLL_S seconds like the per-statement watcher did, so a cancel
+    or timeout is noticed as quickly as before.
+    """
+
+    POLL_S = 0.05
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._active: dict[int, _Watch] = {}
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    def watch(self, cursor, cancel: threading.Event, timeout_s: float | None) -> _Watch:
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        watch = _Watch(cursor, cancel, deadline, threading.Event())
+        with self._cond:
+            self._active[id(watch)] = watch
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._loop, name="sqlgate-watchdog",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+        return watch
+
+    def release(self, watch: _Watch) -> None:
+        with self._cond:
+            self._active.pop(id(watch), None)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+
+    def _loop(self) -> None:
+        with self._cond:
+            while not self._closed:
+                if not self._active:
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                for key, watch in list(self._active.items()):
+                    cancelled = watch.cancel.is_set()
+                    expired = watch.deadline is not None and now >= watch.deadline
+                    if not (cancelled or expired):
+                        continue
+                    if not cancelled:
+                        watch.timed_out.set()
+                    del self._active[key]
+                    # Under the lock: release() has not run, so the cursor is still open.
+                    try:
+                        watch.cursor.interrupt()
+                    except Exception:  # noqa: BLE001 - the statement may just have finished
+                        pass
+                self._cond.wait(self.POLL_S)

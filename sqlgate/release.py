@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass, field
 from functools import lru_cache
 
+import numpy as np
 import opendp.prelude as dp
 
 from accountant.cost import PrivacyCost
@@ -222,9 +223,14 @@ def _quantile(q, epsilon_per_group: float) -> QuantileSpec:
 
 
 def noisy_quantiles(q, spec: QuantileSpec, values_per_cell: list[list[float]]) -> list[float]:
-    """One OpenDP quantile per cell; empty cells still get a (random) candidate."""
+    """One OpenDP quantile per cell; empty cells still get a (random) candidate.
+
+    Values go to OpenDP as float64 arrays: its numpy path hands the buffer over in one
+    copy, where a list is checked and converted element by element (10x slower). np.array
+    copies, because OpenDP needs a writable buffer (pandas hands out read-only ones)."""
     measurement = _quantile_measurement(q, spec.scale)
-    return [q.candidates[measurement([float(v) for v in values])] for values in values_per_cell]
+    return [q.candidates[measurement(np.array(values, dtype=np.float64))]
+            for values in values_per_cell]
 
 
 

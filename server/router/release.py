@@ -1,0 +1,120 @@
+"""Turn the unmasked noisy total into the analyst's answer (post-processing only).
+
+Everything here sees public key cells and already-noised integers, so it is post-processing
+of a DP release. It mirrors the tail of Gateway.query (noisy table -> plan.postprocess in a
+scratch sandboxed DuckDB -> typed output columns with 95% half-widths).
+"""
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Sequence
+
+import duckdb
+import pandas as pd
+
+from server.router.protocol import FederatedPlan, split_measures
+from sqlgate.errors import UnsupportedQuery
+from sqlgate.executor import sandboxed_duckdb
+from sqlgate.results import DPResult, OutputColumn
+
+
+def noisy_frame(fplan: FederatedPlan, total: Sequence[int] | None) -> pd.DataFrame:
+    """The noisy table post-processing reads; empty (typed) when total is None."""
+    plan = fplan.plan
+    cells = list(fplan.cells) if total is not None else []
+    if plan.keys.mode == "none" and total is not None:
+        cells = [()]
+    columns: dict[str, list] = {name: [cell[i] for cell in cells]
+                                for i, name in enumerate(plan.keys.key_names)}
+    measures = split_measures(fplan, total) if total is not None else {}
+    for m in plan.measures:
+        columns[m.name] = measures.get(m.name, [])
+    frame = pd.DataFrame(columns, columns=list(plan.keys.key_names) + [m.name for m in plan.measures])
+    for i, name in enumerate(plan.keys.key_names):
+        frame[name] = _typed_keys(frame[name], plan.keys.key_types[i])
+    for m in plan.measures:
+        frame[m.name] = frame[m.name].astype("int64")
+    return frame
+
+
+def output_columns(fplan: FederatedPlan, *, with_accuracy: bool) -> tuple[OutputColumn, ...]:
+    _, types = _run_postprocess(fplan, noisy_frame(fplan, None))
+    return _columns(fplan, types, None if not with_accuracy else noisy_frame(fplan, None),
+                    with_accuracy)
+
+
+def release_result(fplan: FederatedPlan, total: Sequence[int], sql: str) -> DPResult:
+    frame = noisy_frame(fplan, total)
+    rows, types = _run_postprocess(fplan, frame)
+    return DPResult(columns=_columns(fplan, types, frame, True), rows=rows,
+                    cost=fplan.release.cost, cached=False, query_id=uuid.uuid4().hex,
+                    dataset=fplan.meta.name, sql=sql, rewritten_sql=fplan.plan.bounded_sql,
+                    mechanism=fplan.meta.mechanism, key_release=fplan.plan.keys.mode)
+
+
+def _columns(fplan: FederatedPlan, types, frame, with_accuracy: bool) -> tuple[OutputColumn, ...]:
+    plan, release = fplan.plan, fplan.release
+    columns = []
+    for spec, engine_type in zip(plan.outputs, types):
+        type_name = spec.type or _type_from_engine(engine_type)
+        ci = None
+        if with_accuracy and spec.measure is not None:
+            ci = release.ci95(plan.measure(spec.measure))
+        elif with_accuracy and spec.ratio_of is not None and frame is not None:
+            ci = _typical_ratio_ci(fplan, frame, spec.ratio_of)
+        columns.append(OutputColumn(spec.name, type_name, spec.noisy, ci))
+    return tuple(columns)
+
+
+def _run_postprocess(fplan: FederatedPlan, frame: pd.DataFrame):
+    conn = sandboxed_duckdb(None, threads=1)
+    try:
+        conn.register("noisy", frame)
+        relation = conn.execute(fplan.plan.postprocess.sql(dialect="duckdb"))
+        types = [str(d[1]) for d in relation.description]
+        return relation.fetchall(), types
+    except duckdb.Error as err:
+        # Only public keys and noisy values are in this engine, so its message is safe.
+        raise UnsupportedQuery(f"the query's result expressions could not be computed: "
+                               f"{str(err).splitlines()[0][:200]}") from None
+    finally:
+        conn.close()
+
+
+def _typed_keys(series: pd.Series, type_name: str) -> pd.Series:
+    if type_name == "int":
+        return series.astype("Int64")
+    if type_name == "float":
+        return series.astype("float64")
+    if type_name == "bool":
+        return series.astype("boolean")
+    if type_name == "date":
+        return pd.to_datetime(series).dt.date.astype("object") if len(series) else series.astype("datetime64[s]")
+    return series.astype("object") if len(series) else series.astype("string")
+
+
+def _type_from_engine(engine_type: str) -> str:
+    upper = engine_type.upper()
+    if "INT" in upper:
+        return "int"
+    if any(t in upper for t in ("DOUBLE", "FLOAT", "DECIMAL", "REAL")):
+        return "float"
+    if "BOOL" in upper:
+        return "bool"
+    if "DATE" in upper or "TIMESTAMP" in upper:
+        return "date"
+    return "string"
+
+
+def _typical_ratio_ci(fplan: FederatedPlan, frame: pd.DataFrame, ratio_of) -> float | None:
+    """Delta-method 95% half-width for sum/count at the median noisy count (as the gateway)."""
+    if frame.empty:
+        return None
+    plan, release = fplan.plan, fplan.release
+    numerator, denominator = (plan.measure(n) for n in ratio_of)
+    ci_sum, ci_count = release.ci95(numerator), release.ci95(denominator)
+    counts = frame[denominator.name].clip(lower=1).astype(float)
+    means = (frame[numerator.name].astype(float) / numerator.scale_factor) / counts
+    typical = ((ci_sum + means.abs() * ci_count) / counts).median()
+    return float(typical) if math.isfinite(typical) else None
