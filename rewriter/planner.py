@@ -29,7 +29,7 @@ from sqlglot import exp
 from rewriter.aggregates import AggregateUse, BaseMeasure, classify_aggregate, is_aggregate
 from rewriter.flatten import flatten
 from rewriter.plan import DPPlan, KeyRelease, Measure, OutputColumnSpec, QuantileMeasure, Sensitivity
-from rewriter.rowexpr import check_row_expression, total_predicate
+from rewriter.rowexpr import ALLOWED_ROW_NODES, _describe, check_row_expression, total_predicate
 from rewriter.scope import QueryScope, TableResolver, build_scope
 from sqlgate.errors import PolicyRefused, UnsupportedQuery
 from sqlgate.metadata import ColumnMeta
@@ -103,6 +103,9 @@ def _refuse_unsupported_clauses(select: exp.Select) -> None:
         if isinstance(node, (exp.Union, exp.Intersect, exp.Except)):
             raise UnsupportedQuery("set operations (UNION/INTERSECT/EXCEPT) are not supported: "
                                    "they can combine a unit's rows beyond its contribution bound")
+        if isinstance(node, exp.TableSample):
+            raise UnsupportedQuery("TABLESAMPLE is not supported: DP answers are computed over "
+                                   "every row within the contribution bounds")
         if isinstance(node, exp.Lateral) or isinstance(node, exp.Unnest):
             raise UnsupportedQuery("LATERAL and UNNEST are not supported")
         if isinstance(node, exp.Table) and not isinstance(node.this, exp.Identifier):
@@ -700,6 +703,7 @@ def _rewrite_output(body: exp.Expression, scope: QueryScope, keys, by_base, alia
         return node
 
     tree = body.transform(over_noisy)
+    _check_output_nodes(body, key_for)
     if is_aggregate(body):
         info = _aggregate_expression(classify_aggregate(body, scope), by_base, scope)[1]
     elif key_for(body) is not None:
@@ -707,6 +711,26 @@ def _rewrite_output(body: exp.Expression, scope: QueryScope, keys, by_base, alia
     else:
         info = (None, any(is_aggregate(n) for n in body.walk()), None, None)
     return tree, info
+
+
+# Post-processing runs after the release, on noisy values and public keys only, but in an
+# engine of the server's: only arithmetic and simple total functions, so a result expression
+# cannot allocate without bound (range, repeat, lists) or read the server's configuration.
+_OUTPUT_FUNCTIONS = (exp.Sqrt, exp.Pow, exp.Ln, exp.Log, exp.Exp, exp.Ordered)
+_OUTPUT_NODES = ALLOWED_ROW_NODES + _OUTPUT_FUNCTIONS
+
+
+def _check_output_nodes(node: exp.Expression, key_for) -> None:
+    """Refuse result expressions (SELECT list, HAVING, ORDER BY) outside the allow-list.
+    Aggregates and GROUP BY key expressions are checked where they are planned."""
+    if is_aggregate(node) or key_for(node) is not None:
+        return
+    if not isinstance(node, _OUTPUT_NODES):
+        raise UnsupportedQuery(f"{_describe(node)} is not supported in result expressions: "
+                               "only arithmetic, comparisons and simple functions such as "
+                               "ROUND, ABS, COALESCE or CASE can be applied to aggregates")
+    for child in node.iter_expressions():
+        _check_output_nodes(child, key_for)
 
 
 _NOISY_MARK = "__noisy_ref"

@@ -8,6 +8,7 @@ Contributions are then bounded per unit AFTER the join, so a join that repeats a
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -97,11 +98,43 @@ class QueryScope:
 
     @property
     def truncate_rows_per_unit(self) -> int | None:
-        """Ingest truncation bounds a unit's rows only when one private table is read once."""
+        """Rows one unit can have in the FROM clause when its tables were truncated at ingest.
+
+        One private table read once: its k. Private tables, each truncated and carrying its
+        unit column, INNER-joined so that equalities of unit columns connect all of them:
+        every joined row pairs one row of each table, all of one unit, so a unit has at most
+        the product of their k rows. Anything else (a public table can fan rows out, an FK
+        path or LEFT join has no such bound): None, and contributions are bounded per unit.
+        """
         private = self.private_sources
         if len(private) == 1 and len(self.sources) == 1:
             return private[0].table.truncate_rows_per_unit
-        return None
+        if len(private) != len(self.sources) or not all(
+                s.table.truncate_rows_per_unit and s.table.privacy_unit for s in private):
+            return None
+        if any(kind != "INNER" for kind, _, _ in self.joins) or not self._units_equated():
+            return None
+        return math.prod(s.table.truncate_rows_per_unit for s in private)
+
+    def _units_equated(self) -> bool:
+        """Do the ON conditions' bare `unit = unit` conjuncts connect every source?"""
+        linked = {self.first}
+        pending = True
+        while pending:
+            pending = False
+            for _, _, condition in self.joins:
+                for eq in _conjuncts(condition):
+                    if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
+                            and isinstance(eq.expression, exp.Column)):
+                        continue
+                    refs = [self.resolve(eq.this), self.resolve(eq.expression)]
+                    if not all(self.is_unit(ref) for ref in refs):
+                        continue
+                    aliases = {ref.split(".", 1)[0] for ref in refs}
+                    if aliases & linked and not aliases <= linked:
+                        linked |= aliases
+                        pending = True
+        return linked == set(self.sources)
 
     @property
     def description(self) -> str:
@@ -148,7 +181,7 @@ def build_scope(select: exp.Select, resolve_table: TableResolver) -> QueryScope:
     from rewriter.rowexpr import check_row_expression
     for kind, alias, condition in pending:
         checked = check_row_expression(condition, scope, "JOIN ... ON")
-        scope.joins.append((kind, alias, checked))
+        scope.joins.append((kind, alias, _total_join_condition(checked, scope)))
         if kind == "LEFT" and sources[alias].private:
             raise UnsupportedQuery("LEFT JOIN is supported towards public tables only")
     scope.unit_ref = _unit_of(scope)
@@ -228,6 +261,35 @@ def _unit_link(scope: QueryScope, child_ref: str, parent_ref: str) -> bool:
     via = child.unit_via
     return (via is not None and via.column == child_col and via.table == parent.name
             and via.references == parent_col)
+
+
+def _total_join_condition(condition: exp.Expression, scope: QueryScope) -> exp.Expression:
+    """An ON condition that cannot fail on data (privacy rule 6), as WHERE is.
+
+    Equalities of two columns of one declared type cannot raise, so they stay bare and DuckDB
+    still plans a hash join on them (and `_unit_of` still sees the unit links). Everything
+    else runs inside TRY(): an overflow, a failed cast or a division by zero becomes NULL,
+    i.e. no match, instead of an error whose occurrence would depend on a row.
+    """
+    from rewriter.rowexpr import total_predicate
+    bare, guarded = [], []
+    for part in _conjuncts(condition):
+        (bare if _same_type_column_equality(part, scope) else guarded).append(part)
+    if guarded:
+        bare.append(total_predicate(exp.and_(*guarded)))
+    return exp.and_(*bare) if len(bare) > 1 else bare[0]
+
+
+def _same_type_column_equality(node: exp.Expression, scope: QueryScope) -> bool:
+    if not (isinstance(node, exp.EQ) and isinstance(node.this, exp.Column)
+            and isinstance(node.expression, exp.Column)):
+        return False
+    types = []
+    for column in (node.this, node.expression):
+        alias, name = scope.resolve(column).split(".", 1)
+        meta = scope.sources[alias].table.columns.get(name)
+        types.append(meta.type if meta is not None else None)
+    return types[0] is not None and types[0] == types[1]
 
 
 def _conjuncts(condition: exp.Expression):

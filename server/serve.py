@@ -23,6 +23,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_HTTP_PORT = 8765
 DEFAULT_PG_PORT = 5433
 ADMIN_TOKEN_FILE = "admin.token"
+PEPPER_FILE = "pgwire.pepper"
 
 _log = logging.getLogger("sqlgate.serve")
 
@@ -46,6 +47,24 @@ def ensure_admin(state) -> str | None:
     state.audit.append(AuditEvent(channel="cli", action="users.bootstrap", decision="ok",
                                   actor="admin", role="admin", details={"user": "admin"}))
     return token
+
+
+def scram_pepper(home) -> bytes:
+    """The domain's persistent secret for PG wire mock SCRAM salts (HOME/pgwire.pepper, 0600),
+    created on first use, so an unknown user's made-up salt is as stable as a real one."""
+    path = Path(home) / PEPPER_FILE
+    try:
+        data = path.read_bytes()
+        if len(data) >= 32:
+            return data[:32]
+    except FileNotFoundError:
+        pass
+    data = os.urandom(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+    return data
 
 
 def plugin_routes(state) -> list:
@@ -113,8 +132,13 @@ async def serve_async(state, http_host: str = DEFAULT_HOST, http_port: int = DEF
                 ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
                 ssl_context.load_cert_chain(ssl_certfile, ssl_keyfile)
             options: dict[str, Any] = {"ssl_context": ssl_context}
-            if "statement_timeout_s" in inspect.signature(server_class).parameters:
+            parameters = inspect.signature(server_class).parameters
+            if "statement_timeout_s" in parameters:
                 options["statement_timeout_s"] = state.config.statement_timeout_s
+            if "login_throttle" in parameters:
+                options["login_throttle"] = getattr(state, "login_throttle", None)
+            if "pepper" in parameters:
+                options["pepper"] = scram_pepper(state.home)
             pg = server_class(state.service, pg_host or http_host, pg_port, **options)
             await pg.start()
     try:

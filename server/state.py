@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 from server.audit import AuditLog
 from server.auth import UserStore
+from server.console.throttle import LoginThrottle
 from server.requests import ApprovalRequest, RequestStore
 from server.service import DEFAULT_MAX_CONCURRENT_PER_USER, GatewayService
 from server.http.uploads import UploadSessions
@@ -71,6 +72,10 @@ class ServerState:
     # Runners for approved requests by kind; exact and sample are built in (server.http.approvals),
     # torch_bridge registers "training".
     executors: dict[str, RequestExecutor] = field(default_factory=dict)
+    # Failed password checks per (name, client address), shared by every front end that takes
+    # a password (HTTP Basic on /v1 and Trino, console sign-in, PG wire), so a guesser cannot
+    # move to another front end to escape the limit.
+    login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
 
     @classmethod
     def open(cls, home: str | Path, **config: Any) -> "ServerState":

@@ -41,10 +41,13 @@ class Executor(Protocol):
     def close(self) -> None: ...
 
 
-def sandboxed_duckdb(path: str | None = None, *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+def sandboxed_duckdb(path: str | None = None, *, threads: int | None = None,
+                     memory_limit: str | None = None) -> duckdb.DuckDBPyConnection:
     config = dict(SANDBOX_CONFIG)
     if threads:
         config["threads"] = threads
+    if memory_limit:
+        config["memory_limit"] = memory_limit
     return duckdb.connect(path or ":memory:", config=config)
 
 

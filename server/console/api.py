@@ -35,7 +35,8 @@ CHANNEL = "console"
 def api_routes(state: Any, *, prefix: str = "/console/api",
                throttle: LoginThrottle | None = None) -> list[Route]:
     users, service = state.users, state.service
-    throttle = throttle or LoginThrottle()
+    # One throttle for every password front end of the server (see ServerState).
+    throttle = throttle or getattr(state, "login_throttle", None) or LoginThrottle()
 
     def source(request: Request) -> str | None:
         return f"{request.client.host}:{request.client.port}" if request.client else None
@@ -152,6 +153,8 @@ async def _json_body(request: Request) -> dict:
         body = json.loads(raw or b"{}")
     except ValueError:
         raise InvalidParameter("the request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidParameter("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
     return body

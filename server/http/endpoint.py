@@ -25,7 +25,7 @@ from server.auth import User
 from server.http.errors import error_response, json_response
 from server.service import Caller
 from sqlgate.errors import (AuthenticationFailed, InvalidParameter, LimitExceeded,
-                            PermissionDenied, SqlgateError)
+                            PermissionDenied, SqlgateError, TooManyRequests)
 
 CHANNEL = "http"
 Handler = Callable[["Call"], Any]
@@ -109,8 +109,26 @@ def authenticate(state, request: Request) -> User:
         name, sep, password = decoded.partition(":")
         if not sep:
             raise AuthenticationFailed("malformed HTTP Basic credentials")
-        return state.users.authenticate_password(name, password)
+        return checked_password(state, name, password, request.client.host
+                                if request.client else "?")
     raise AuthenticationFailed("unsupported authorization scheme; use Bearer or Basic")
+
+
+def checked_password(state, name: str, password: str, address: str) -> User:
+    """A password check under the server's login throttle (429 after repeated failures of
+    this name from this address), so HTTP Basic is no faster a guessing channel than the
+    console sign-in."""
+    throttle = getattr(state, "login_throttle", None)
+    if throttle is None:
+        return state.users.authenticate_password(name, password)
+    throttle.check(name, address)
+    try:
+        user = state.users.authenticate_password(name, password)
+    except AuthenticationFailed:
+        throttle.failed(name, address)
+        raise
+    throttle.succeeded(name, address)
+    return user
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -137,6 +155,8 @@ async def read_json(request: Request, limit: int) -> Any:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
         raise InvalidParameter("the request body is not valid JSON") from None
+    except RecursionError:  # [[[[...]]]] within the size limit: a clear 400, not a 500
+        raise InvalidParameter("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
     return body
@@ -189,7 +209,7 @@ def _audit(state, action: str, request: Request, source: str | None, call: Call 
     details = dict(fields.pop("details", None) or {})
     details.update(method=request.method, path=request.url.path, status=status)
     user = call.user if call is not None else None
-    if user is None and isinstance(outcome, AuthenticationFailed):
+    if user is None and isinstance(outcome, (AuthenticationFailed, TooManyRequests)):
         action = "auth"
     state.audit.append(AuditEvent(
         channel=CHANNEL, action=action, decision=decision,

@@ -62,6 +62,10 @@ def create_request(call: Call):
     name = call.state.service.require(call.caller, dataset, "query")
     call.audit.update(dataset=name)
     parse_select(sql)             # refuse what could never run, before an owner reviews it
+    if kind == "training":
+        # A bad spec is refused now, naming the field, not when the owner approves it.
+        from torch_bridge.validate import check_training_request   # torch-free
+        check_training_request(call.state.gateway, name, sql, spec)
     if kind == "sample":
         approvals.sample_rows(spec, call.state.config.sample_row_limit)
     request = call.state.requests.create(requester=call.user.name, dataset=name, kind=kind,

@@ -19,6 +19,7 @@ import duckdb
 from sqlglot import exp
 
 from server.pgwire import types as T
+from sqlgate.errors import LimitExceeded, PolicyRefused, QueryCanceled
 from sqlgate.executor import SANDBOX_CONFIG
 
 log = logging.getLogger("sqlgate.pgwire.catalog")
@@ -34,6 +35,13 @@ NS_INFORMATION_SCHEMA = 13000
 FIRST_DATASET_OID = 16384
 USER_OID = 10
 DATABASE_OID = 16383
+
+# The catalog holds a few thousand metadata rows, but the SQL sent to it is the client's: a
+# constant query (generate_series over 10^12, repeat('x', 10^9), a huge cross join) must not
+# exhaust the server's memory or hold a thread forever. Same limits as the Trino sandbox.
+CATALOG_LIMITS = {"threads": 1, "memory_limit": "256MB", "max_temp_directory_size": "0KB"}
+MAX_CATALOG_ROWS = 100_000
+CATALOG_TIMEOUT_S = 10.0
 
 # Well-known relation OIDs clients use through 'pg_class'::regclass and friends.
 WELL_KNOWN_RELATIONS = {"pg_class": 1259, "pg_type": 1247, "pg_attribute": 1249,
@@ -261,6 +269,13 @@ _PRIVILEGE_FUNCTIONS = {"has_table_privilege", "has_schema_privilege", "has_data
 _ENGINE_FUNCTIONS = re.compile(r"^(read_|duckdb_|pragma_|parquet_|sniff_|glob|getenv|"
                                r"which_secret|iceberg_|delta_|sql_auto_complete|"
                                r"query_table|query$|system_)")
+# Functions whose output can be far larger than their input (one call can build a string of
+# gigabytes, outside DuckDB's memory limit). No catalog introspection needs them.
+# (sqlglot names: lpad/rpad parse as "pad"; PG's generate_series as "exploding_generate_series").
+# Set-returning helpers stay allowed directly in FROM, where they stream under the row limit.
+_AMPLIFYING_FUNCTIONS = {"repeat", "pad", "lpad", "rpad", "printf", "format", "list_resize",
+                         "array_resize", "bar", "range", "generate_series",
+                         "exploding_generate_series", "list_repeat", "array_fill"}
 _NULL_FUNCTIONS = {"json_build_object", "jsonb_build_object", "json_object", "row_to_json",
                    "json_agg", "jsonb_agg", "to_json", "to_jsonb"}
 _TABLE_FUNCTIONS = {"generate_series", "exploding_generate_series", "unnest", "generate_subscripts",
@@ -300,7 +315,10 @@ class CatalogTables:
 class SyntheticCatalog:
     """One per connection: public metadata of the caller's datasets, nothing else."""
 
-    def __init__(self, datasets, *, user: str, settings: dict[str, str]):
+    def __init__(self, datasets, *, user: str, settings: dict[str, str],
+                 timeout_s: float = CATALOG_TIMEOUT_S, max_rows: int = MAX_CATALOG_ROWS):
+        self.timeout_s = timeout_s
+        self.max_rows = max_rows
         self.tables = CatalogTables()
         self.relation_oids: dict[str, int] = dict(WELL_KNOWN_RELATIONS)
         self._datasets = list(datasets)
@@ -314,7 +332,7 @@ class SyntheticCatalog:
         """Built on first use: many connections only ever send DP queries."""
         with self._lock:
             if self._conn is None:
-                conn = duckdb.connect(":memory:", config=dict(SANDBOX_CONFIG, threads=1))
+                conn = duckdb.connect(":memory:", config={**CATALOG_LIMITS, **SANDBOX_CONFIG})
                 conn.execute(_CATALOG_DDL)
                 conn.execute(_MACROS)
                 self._conn = conn
@@ -423,19 +441,41 @@ class SyntheticCatalog:
                 return False
         return True
 
+    def check_bounded(self, tree: exp.Expression) -> None:
+        """Refuse scalar functions that can amplify a constant into gigabytes."""
+        for func in tree.find_all(exp.Func):
+            if isinstance(func.parent, exp.Table) and func.parent.this is func:
+                continue  # a set-returning helper in FROM: bounded by the row limit
+            name = _function_name(func)
+            if name in _AMPLIFYING_FUNCTIONS:
+                shown = {"pad": "lpad/rpad", "exploding_generate_series": "generate_series"}
+                raise PolicyRefused(f"{shown.get(name, name)}() is not available in catalog "
+                                    f"queries (a scalar call could build gigabytes)")
+
     def run(self, tree: exp.Expression) -> CatalogAnswer:
         conn = self.conn  # populates relation_oids, which the rewrite below uses
         sql = self.to_duckdb(tree)
+        timer = threading.Timer(self.timeout_s, conn.interrupt)
+        timer.daemon = True
+        timer.start()
         try:
             relation = conn.execute(sql)
-            rows = relation.fetchall()
+            rows = relation.fetchmany(self.max_rows + 1)
             description = relation.description
+        except duckdb.InterruptException:
+            raise QueryCanceled("canceling catalog query: it ran too long") from None
+        except duckdb.OutOfMemoryException:
+            raise LimitExceeded("the catalog query needs too much memory") from None
         except duckdb.Error as err:
             log.debug("catalog query answered empty: %s -- %s", sql, err)
             # The synthetic catalog models what clients need; anything else it does not
             # model (an exotic catalog or function) answers as empty rather than failing a
             # client's startup. Only public metadata lives here, so nothing can leak.
             return CatalogAnswer(_projection_columns(tree), [])
+        finally:
+            timer.cancel()
+        if len(rows) > self.max_rows:
+            raise LimitExceeded(f"catalog queries return at most {self.max_rows} rows")
         columns = [T.Column(name, T.oid_for_duckdb(str(kind))) for name, kind, *_ in description]
         return CatalogAnswer(columns, rows)
 

@@ -21,7 +21,7 @@ from server.pgwire.session import Outcome, Plan, Session
 from server.pgwire.sqltext import first_words, placeholders, split_statements, substitute
 from server.service import Caller
 from sqlgate.errors import (InvalidParameter, LimitExceeded, NotFound, QueryCanceled,
-                            SqlgateError, SqlSyntaxError)
+                            SqlgateError, SqlSyntaxError, TooManyRequests)
 
 if TYPE_CHECKING:
     from server.pgwire.server import PgWireServer
@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("sqlgate.pgwire")
 
 _READ_SIZE = 65536
+# Until a client has authenticated, its messages (SCRAM, a cleartext password) are tiny; a
+# 16 MiB PasswordMessage from 256 anonymous connections would pin gigabytes of buffers.
+_MAX_AUTH_MESSAGE = 16_384
 _MAX_OBJECTS = 10_000  # prepared statements / portals one connection may hold
 _DUMMY = {T.INT8: "0", T.INT4: "0", T.INT2: "0", T.FLOAT8: "0.0", T.FLOAT4: "0.0",
           T.NUMERIC: "0", T.BOOL: "TRUE", T.DATE: "DATE '2000-01-01'",
@@ -51,7 +54,7 @@ class Connection:
         self.server = server
         self.reader = reader
         self.writer = writer
-        self.parser = codec.FrontendParser()
+        self.parser = codec.FrontendParser(max_message=_MAX_AUTH_MESSAGE)
         peer = writer.get_extra_info("peername") or ("?", 0)
         self.source = f"{peer[0]}:{peer[1]}"
         self.pid = 0
@@ -153,6 +156,17 @@ class Connection:
             self.send(codec.error_response("FATAL", "28000", "no user name given"))
             await self.flush()
             return False
+        throttle = self.server.login_throttle
+        address = self.source.rpartition(":")[0] or "?"
+        try:
+            if throttle is not None:
+                throttle.check(user_name, address)
+        except TooManyRequests as err:
+            service.record(None, "login", "refused", channel="pgwire", actor=user_name[:64],
+                           source=self.source, code=err.code)
+            self.send(codec.error_response("FATAL", err.sqlstate, err.message))
+            await self.flush()
+            return False
         try:
             if self.server.allow_cleartext and self.tls:
                 user = await self._cleartext(user_name)
@@ -160,13 +174,18 @@ class Connection:
                 user = await self._scram(user_name)
         except (ScramError, SqlgateError) as err:
             reason = str(err) if isinstance(err, ScramError) else err.message
-            service.record(None, "login", "refused", channel="pgwire", actor=user_name,
+            if throttle is not None:
+                throttle.failed(user_name, address)
+            service.record(None, "login", "refused", channel="pgwire", actor=user_name[:64],
                            source=self.source, code="authentication_failed",
                            details={"reason": reason[:200]})
             self.send(codec.error_response(
                 "FATAL", "28P01", f'password authentication failed for user "{user_name}"'))
             await self.flush()
             return False
+        if throttle is not None:
+            throttle.succeeded(user_name, address)
+        self.parser.max_message = codec.MAX_MESSAGE   # authenticated: full-size messages
         self.caller = Caller(user, channel="pgwire", source=self.source)
         self.pid = self.server._register(self)
         self.session = await asyncio.to_thread(

@@ -19,7 +19,8 @@ class PgWireServer:
     def __init__(self, service, host: str = "127.0.0.1", port: int = 5433,
                  ssl_context: ssl.SSLContext | None = None,
                  statement_timeout_s: float | None = None, *, allow_cleartext: bool = False,
-                 max_connections: int = 256, startup_timeout_s: float = 30.0):
+                 max_connections: int = 256, startup_timeout_s: float = 30.0,
+                 login_throttle=None, pepper: bytes | None = None):
         """`allow_cleartext` lets clients send a password in clear, and only over TLS;
         without it (the default) SCRAM-SHA-256 is the only method. `max_connections` and
         `startup_timeout_s` bound what unauthenticated or idle peers can hold."""
@@ -31,8 +32,14 @@ class PgWireServer:
         self.allow_cleartext = allow_cleartext
         self.max_connections = max_connections
         self.startup_timeout_s = startup_timeout_s
+        # The server's LoginThrottle (ServerState.login_throttle), shared with the HTTP front
+        # ends: repeated failed logins of a name from an address are refused for a while.
+        self.login_throttle = login_throttle
         self._open = 0
-        self.pepper = secrets.token_bytes(32)
+        # Secret behind the made-up SCRAM salts of unknown users. Pass a persistent one
+        # (serve() keeps it in HOME): a per-process pepper changes those salts at every
+        # restart while real users' salts stay put, which would tell names apart.
+        self.pepper = pepper if pepper is not None else secrets.token_bytes(32)
         self._server: asyncio.base_events.Server | None = None
         self._connections: dict[int, Connection] = {}
         self._tasks: set[asyncio.Task] = set()

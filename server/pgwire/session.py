@@ -109,11 +109,14 @@ class Session:
                 return Plan("session", sql)
             try:
                 tree = sqlglot.parse_one(sql, read="postgres")
-            except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError):
-                return Plan("query", sql)  # the DP planner reports the syntax error
+            except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError,
+                    RecursionError):
+                # The DP planner reports the syntax error (or "nested too deeply").
+                return Plan("query", sql)
             if isinstance(tree, exp.Select) and tree.args.get("into"):
                 raise ReadOnlyViolation("SELECT INTO writes a table; this server is read-only")
             if self.catalog.uses_only_catalog(tree):
+                self.catalog.check_bounded(tree)
                 return Plan("catalog", sql, tree)
             return Plan("query", sql, tree)
         if head in _WRITES:
@@ -128,7 +131,7 @@ class Session:
     def describe(self, plan: Plan) -> list[T.Column] | None:
         """Result columns without executing anything that touches data or budget."""
         if plan.kind == "catalog":
-            return self.catalog.run(plan.tree).columns  # public metadata only: free
+            return self._run_catalog(plan).columns  # public metadata only: free
         if plan.kind == "query":
             self._check_transaction()
             return [T.Column(c.name, T.SQLGATE_OIDS.get(c.type, T.TEXT))
@@ -148,12 +151,22 @@ class Session:
             return self.run_session(plan.sql)
         self._check_transaction()
         if plan.kind == "catalog":
-            answer = self.catalog.run(plan.tree)
+            answer = self._run_catalog(plan)
             return Outcome(f"SELECT {len(answer.rows)}", answer.columns, answer.rows)
         result = self.service.query(self.caller, plan.sql, epsilon=self.epsilon, cancel=cancel)
         columns = [T.Column(c.name, T.SQLGATE_OIDS.get(c.type, T.TEXT)) for c in result.columns]
         rows = [tuple(_plain(v) for v in row) for row in result.rows]
         return Outcome(f"SELECT {len(rows)}", columns, rows)
+
+    def _run_catalog(self, plan: Plan):
+        # Catalog queries hold a worker thread too: they count against the same per-user
+        # concurrency limit as DP queries (as on the Trino front end), so one user's many
+        # connections cannot occupy every thread with slow catalog queries.
+        limiter = getattr(self.service, "limiter", None)
+        if limiter is None:
+            return self.catalog.run(plan.tree)
+        with limiter.slot(self.caller.name):
+            return self.catalog.run(plan.tree)
 
     def _check_transaction(self) -> None:
         if self.transaction == "E":

@@ -18,8 +18,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.http.endpoint import read_body
 from server.router.domain import DomainService
-from sqlgate.errors import InvalidParameter, LimitExceeded, SqlgateError
+from sqlgate.errors import InvalidParameter, SqlgateError
 
 _log = logging.getLogger("sqlgate.router")
 _MAX_BODY = 1 << 20
@@ -43,13 +44,14 @@ def _guarded(handler: Callable[[Request], Awaitable[Response]]):
 
 
 async def _json_body(request: Request) -> dict:
-    raw = await request.body()
-    if len(raw) > _MAX_BODY:
-        raise LimitExceeded("the request body is too large")
+    # Bounded while streaming: a peer cannot make the domain buffer an arbitrary body.
+    raw = await read_body(request, _MAX_BODY)
     try:
         body = json.loads(raw or b"{}")
     except ValueError:
         raise InvalidParameter("the request body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidParameter("the request body is nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidParameter("the request body must be a JSON object")
     return body

@@ -14,6 +14,8 @@ Catalog and session statements are answered directly on the POST.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import threading
 import time
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from starlette.routing import Route
 
 from server.service import Caller, GatewayService
 from sqlgate.errors import (AuthenticationFailed, InvalidParameter, LimitExceeded,
-                            NotFound, SqlgateError)
+                            NotFound, SqlgateError, TooManyRequests)
 
 from server.trino import errors as trino_errors
 from server.trino.metadata import SQLGATE_VERSION, CatalogView, run_in_sandbox
@@ -52,7 +54,8 @@ class TrinoOptions:
 def routes(state_or_service: Any, options: TrinoOptions | None = None) -> list[Route]:
     """Starlette routes for the Trino protocol, built on a ServerState or GatewayService."""
     service: GatewayService = getattr(state_or_service, "service", state_or_service)
-    protocol = TrinoProtocol(service, options or TrinoOptions())
+    protocol = TrinoProtocol(service, options or TrinoOptions(),
+                             throttle=getattr(state_or_service, "login_throttle", None))
     return [
         Route("/v1/statement", protocol.post_statement, methods=["POST"]),
         Route("/v1/statement/executing/{query_id}/{slug}/{token:int}", protocol.next_page,
@@ -65,18 +68,18 @@ def routes(state_or_service: Any, options: TrinoOptions | None = None) -> list[R
 
 
 class TrinoProtocol:
-    def __init__(self, service: GatewayService, options: TrinoOptions):
+    def __init__(self, service: GatewayService, options: TrinoOptions, *, throttle=None):
         self.service = service
         self.options = options
+        self.throttle = throttle
         self.store = QueryStore(max_queries=options.max_queries, ttl_s=options.ttl_s)
 
     # ------------------------------------------------------------ endpoints
 
     async def post_statement(self, request: Request) -> Response:
-        try:
-            user = await run_in_threadpool(authenticate, request.headers, self.service.users)
-        except AuthenticationFailed as err:
-            return _unauthorized(err)
+        user = await self._authenticate(request)
+        if isinstance(user, Response):
+            return user
         caller = Caller(user=user, channel="trino", source=_source(request))
         try:
             sql = (await _bounded_body(request)).decode("utf-8")
@@ -108,10 +111,9 @@ class TrinoProtocol:
         return self._respond(request, query, 0)
 
     async def next_page(self, request: Request) -> Response:
-        try:
-            user = await run_in_threadpool(authenticate, request.headers, self.service.users)
-        except AuthenticationFailed as err:
-            return _unauthorized(err)
+        user = await self._authenticate(request)
+        if isinstance(user, Response):
+            return user
         params = request.path_params
         try:
             query = self.store.get(params["query_id"], params["slug"], user.name)
@@ -121,10 +123,9 @@ class TrinoProtocol:
         return self._respond(request, query, params["token"])
 
     async def cancel(self, request: Request) -> Response:
-        try:
-            user = await run_in_threadpool(authenticate, request.headers, self.service.users)
-        except AuthenticationFailed as err:
-            return _unauthorized(err)
+        user = await self._authenticate(request)
+        if isinstance(user, Response):
+            return user
         params = request.path_params
         try:
             query = self.store.get(params["query_id"], params["slug"], user.name)
@@ -136,10 +137,9 @@ class TrinoProtocol:
         return Response(status_code=204)
 
     async def query_info(self, request: Request) -> Response:
-        try:
-            user = await run_in_threadpool(authenticate, request.headers, self.service.users)
-        except AuthenticationFailed as err:
-            return _unauthorized(err)
+        user = await self._authenticate(request)
+        if isinstance(user, Response):
+            return user
         try:
             query = self.store.get(request.path_params["query_id"], None, user.name)
         except NotFound as err:
@@ -152,6 +152,21 @@ class TrinoProtocol:
         return JSONResponse({"nodeVersion": {"version": SQLGATE_VERSION},
                              "environment": "sqlgate", "coordinator": True, "starting": False,
                              "uptime": "0.00s"})
+
+    async def _authenticate(self, request: Request):
+        """The user, or the 401/429 response to send; refusals are audited like /v1's."""
+        address = request.client.host if request.client else "?"
+        try:
+            return await run_in_threadpool(authenticate, request.headers, self.service.users,
+                                           throttle=self.throttle, address=address)
+        except (AuthenticationFailed, TooManyRequests) as err:
+            await run_in_threadpool(
+                self.service.record, None, "auth", "refused", channel="trino",
+                actor=_claimed_name(request.headers), source=_source(request), code=err.code,
+                details={"method": request.method, "path": request.url.path})
+            if isinstance(err, TooManyRequests):
+                return JSONResponse({"error": err.to_dict()}, status_code=429)
+            return _unauthorized(err)
 
     # ------------------------------------------------------------ execution
 
@@ -323,6 +338,20 @@ async def _bounded_body(request: Request) -> bytes:
 def _unauthorized(err: AuthenticationFailed) -> Response:
     return JSONResponse({"error": err.to_dict()}, status_code=401,
                         headers={"WWW-Authenticate": 'Basic realm="sqlgate"'})
+
+
+def _claimed_name(headers) -> str | None:
+    """The user name a refused request claimed (Basic user or X-Trino-User), for the audit
+    log; never the password."""
+    scheme, _, credentials = (headers.get("authorization") or "").partition(" ")
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(credentials.strip(), validate=True).decode(
+                "utf-8").partition(":")[0][:64] or None
+        except (binascii.Error, UnicodeDecodeError):
+            return None
+    claimed = headers.get("x-trino-user")
+    return claimed[:64] if claimed else None
 
 
 def _source(request: Request) -> str | None:

@@ -42,9 +42,11 @@ class TrinoSession:
         return None if value is None else parse_epsilon(value)
 
 
-def authenticate(headers: Mapping[str, str], users: UserStore) -> User:
+def authenticate(headers: Mapping[str, str], users: UserStore, *, throttle=None,
+                 address: str = "?") -> User:
     """The user behind a request, from basic auth or a bearer token; raises
-    AuthenticationFailed (HTTP 401) otherwise."""
+    AuthenticationFailed (HTTP 401) otherwise. With a `throttle` (the server's LoginThrottle),
+    repeated password failures of a name from an address are refused (TooManyRequests)."""
     header = headers.get("authorization") or ""
     scheme, _, credentials = header.partition(" ")
     scheme = scheme.lower()
@@ -56,7 +58,16 @@ def authenticate(headers: Mapping[str, str], users: UserStore) -> User:
         name, sep, password = decoded.partition(":")
         if not sep:
             raise AuthenticationFailed("malformed basic authorization header")
-        user = users.authenticate_password(name, password)
+        if throttle is not None:
+            throttle.check(name, address)
+        try:
+            user = users.authenticate_password(name, password)
+        except AuthenticationFailed:
+            if throttle is not None:
+                throttle.failed(name, address)
+            raise
+        if throttle is not None:
+            throttle.succeeded(name, address)
     elif scheme == "bearer":
         user = users.authenticate_token(credentials.strip())
     else:

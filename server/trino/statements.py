@@ -18,7 +18,7 @@ from sqlglot.dialects.trino import Trino
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
-from sqlgate.errors import SqlSyntaxError
+from sqlgate.errors import SqlSyntaxError, UnsupportedQuery
 
 from server.trino.errors import (CATALOG_NOT_FOUND, GENERIC_USER_ERROR, INVALID_PARAMETER_USAGE,
                                  NOT_FOUND, NOT_SUPPORTED, SCHEMA_NOT_FOUND, TABLE_NOT_FOUND,
@@ -65,7 +65,14 @@ class StaticResult:
 Plan = SandboxQuery | DPQuery | ExplainQuery | DescribeOutput | StaticResult
 
 
-def plan_statement(sql: str, session: TrinoSession, view: CatalogView) -> Plan:
+_MAX_INDIRECTION = 8   # EXECUTE / EXPLAIN wrapping another statement
+
+
+def plan_statement(sql: str, session: TrinoSession, view: CatalogView, *,
+                   _depth: int = 0) -> Plan:
+    if _depth > _MAX_INDIRECTION:
+        # A prepared statement that executes itself (p = 'EXECUTE p') would recurse forever.
+        raise UnsupportedQuery("statements nest (EXECUTE / EXPLAIN) too deeply")
     sql = _strip(sql)
     if not sql:
         raise SqlSyntaxError("empty statement")
@@ -77,10 +84,11 @@ def plan_statement(sql: str, session: TrinoSession, view: CatalogView) -> Plan:
         if len(tokens) < 3 or tokens[2].token_type != TokenType.STRING:
             raise SqlSyntaxError("syntax error: EXECUTE IMMEDIATE needs a string literal")
         return plan_statement(bind_parameters(tokens[2].text, _using(sql, tokens, 3)),
-                              session, view)
+                              session, view, _depth=_depth + 1)
     if first == "EXECUTE":
         statement = _prepared(session, _name_token(tokens, 1))
-        return plan_statement(bind_parameters(statement, _using(sql, tokens, 2)), session, view)
+        return plan_statement(bind_parameters(statement, _using(sql, tokens, 2)), session, view,
+                              _depth=_depth + 1)
     if first == "PREPARE":
         name = _statement_name(_name_token(tokens, 1))
         if len(tokens) < 4 or tokens[2].text.upper() != "FROM":
@@ -138,7 +146,7 @@ def plan_statement(sql: str, session: TrinoSession, view: CatalogView) -> Plan:
             raise SqlSyntaxError("syntax error: EXPLAIN needs a query")
         if tokens[index].text.upper() not in _QUERY_STARTS:
             raise TrinoError(NOT_SUPPORTED, "EXPLAIN applies to queries over dataset tables")
-        inner = plan_statement(sql[tokens[index].start:], session, view)
+        inner = plan_statement(sql[tokens[index].start:], session, view, _depth=_depth + 1)
         if not isinstance(inner, DPQuery):
             raise TrinoError(NOT_SUPPORTED, "EXPLAIN applies to queries over dataset tables")
         return ExplainQuery(inner.sql)
@@ -153,6 +161,8 @@ def _plan_query(sql: str, session: TrinoSession, view: CatalogView) -> Plan:
         trees = sqlglot.parse(sql, read="trino")
     except (ParseError, TokenError) as err:
         raise SqlSyntaxError(f"syntax error: {_first_line(err)}") from None
+    except RecursionError:
+        raise UnsupportedQuery("query is nested too deeply") from None
     trees = [t for t in trees if t is not None]
     if len(trees) != 1:
         raise TrinoError(NOT_SUPPORTED, "only one statement per request is allowed")
@@ -418,6 +428,8 @@ def _set_session(sql: str, tokens) -> Plan:
         value = sqlglot.parse_one(value_text, read="trino")
     except (ParseError, TokenError) as err:
         raise SqlSyntaxError(f"syntax error: {_first_line(err)}") from None
+    except RecursionError:
+        raise UnsupportedQuery("query is nested too deeply") from None
     if not isinstance(value, exp.Literal):
         raise TrinoError(GENERIC_USER_ERROR, "session property values must be literals")
     check_property(name, value.this)

@@ -44,7 +44,8 @@ def test_wrong_credentials_are_refused_alike_and_audited(console_server, name, p
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[1, 2]", b'{"name": "alan"}',
-                                  b'{"name": 5, "password": "x"}', b"{" + b" " * 20000 + b"}"])
+                                  b'{"name": 5, "password": "x"}', b"{" + b" " * 20000 + b"}",
+                                  b"[" * 8000 + b"]" * 8000])
 def test_bad_login_bodies_are_clear_errors(console_server, body):
     response = httpx.post(console_server.url + "/console/api/login", content=body,
                           headers={"Content-Type": "application/json"})

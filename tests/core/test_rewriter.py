@@ -65,6 +65,8 @@ def plan(sql, meta=META):
     ("PRAGMA database_list", PolicyRefused, "PRAGMA"),
     ("INSTALL httpfs", PolicyRefused, "INSTALL"),
     ("SELECT COUNT(* FROM people", SqlSyntaxError, "syntax"),
+    ("SELECT COUNT(*) FROM people TABLESAMPLE (10 PERCENT)", UnsupportedQuery, "TABLESAMPLE"),
+    ("SELECT COUNT(*), version() FROM people", UnsupportedQuery, "result expressions"),
     ("SELECT COUNT(*) FROM nowhere", UndefinedTable, "nowhere"),
     ("SELECT COUNT(*) FROM people WHERE nope > 1", UndefinedColumn, "nope"),
 ])

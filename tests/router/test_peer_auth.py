@@ -95,3 +95,15 @@ def test_domain_config_refuses_missing_pair_keys_and_short_keys(federation):
         parse_domain_config(dict(raw, pair_keys=dict(raw["pair_keys"], b="00ff")))
     with pytest.raises(ConfigError):
         parse_domain_config(dict(raw, peers={}))
+
+
+def test_domain_bodies_are_bounded_and_nesting_is_refused(federation):
+    token = federation.files.router["domains"]["a"]["token"]
+    url = federation.servers["a"].url + "/federation/v1/prepare"
+    headers = {"Authorization": f"Bearer {token}", "content-type": "application/json"}
+    deep = httpx.post(url, content=b"[" * 200_000 + b"]" * 200_000, headers=headers, timeout=30)
+    assert deep.status_code == 400
+    assert "nested too deeply" in deep.json()["error"]["message"]
+    huge = httpx.post(url, content=b" " * (2 << 20), headers=headers, timeout=30)
+    assert huge.status_code == 413
+    assert huge.json()["error"]["code"] == "limit_exceeded"

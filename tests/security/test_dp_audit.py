@@ -126,3 +126,99 @@ def test_audit_catches_a_mechanism_without_per_unit_bounding(neighbours):
     assert unbounded[1] - unbounded[0] == 5
     samples = [draw(rp, plan.measures[0], value) for value in unbounded]
     assert epsilon_lower_bound(*samples) > 2 * epsilon
+
+
+# ---------------------------------------------------------------- more mechanism families
+
+
+def _grouped_metadata(name, mechanism):
+    return parse_dataset({
+        "dataset": name, "budget": {"epsilon": 10, "delta": 0.1},
+        "query": {"epsilon": 1.0, "delta": 0.01, "mechanism": mechanism},
+        "tables": {"t": {"privacy_unit": "uid", "max_groups_per_unit": 2, "columns": {
+            "uid": "int", "g": "string",
+            "f": {"type": "float", "lower": -1.5, "upper": 2.25}}}}})
+
+
+@pytest.fixture(scope="module")
+def grouped(tmp_path_factory):
+    """d0: 40 units in group 'common'; d1: plus one unit in 'common' and alone in 'rare',
+    with extreme values."""
+    from sqlgate.gateway import Gateway
+    gw = Gateway(tmp_path_factory.mktemp("audit-grouped"))
+    base = pd.DataFrame({"uid": np.arange(40), "g": ["common"] * 40,
+                         "f": np.linspace(-1.5, 2.25, 40)})
+    extra = pd.DataFrame({"uid": [999, 999], "g": ["rare", "common"], "f": [1e9, 1e9]})
+    for mechanism in ("laplace", "gaussian"):
+        gw.add_dataset(_grouped_metadata(f"g0_{mechanism}", mechanism), {"t": base})
+        gw.add_dataset(_grouped_metadata(f"g1_{mechanism}", mechanism),
+                       {"t": pd.concat([base, extra])})
+    yield gw
+    gw.close()
+
+
+def _release(gw, dataset, sql, mechanism, epsilon=1.0, delta=0.01):
+    plan = _plan(gw, dataset, sql)
+    rp = release.calibrate(plan, epsilon=epsilon, delta=delta, mechanism=mechanism,
+                           rho_for_epsilon=rho_for_epsilon)
+    return plan, rp
+
+
+@pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
+def test_fixed_point_float_sum_stays_within_epsilon(grouped, mechanism):
+    """A float column summed as fixed-point integers: the scaling keeps the sensitivity."""
+    epsilon, delta = 1.0, (1e-6 if mechanism == "gaussian" else 0.0)
+    samples = []
+    for name in (f"g0_{mechanism}", f"g1_{mechanism}"):
+        plan, rp = _release(grouped, name, "SELECT SUM(f) FROM t", mechanism, epsilon,
+                            delta or 1e-6)
+        assert plan.measures[0].fixed_point_bits > 0
+        samples.append(draw(rp, plan.measures[0], _raw(grouped, plan)[0]))
+    assert epsilon_lower_bound(*samples, delta=delta) <= epsilon
+
+
+def _threshold_draws(rp, counts, n):
+    """n draws of the threshold mechanism exactly as release.threshold_keys builds it (the
+    measurement is built once here only to keep the audit fast)."""
+    spec, scale = rp.threshold, rp.noise[rp.threshold.measure].scale
+    build = (release._laplace_threshold_measurement if rp.mechanism == "laplace"
+             else release._gaussian_threshold_measurement)
+    measurement = build(scale, spec.threshold)
+    assert release.threshold_keys(rp, counts).keys() <= counts.keys()
+    released, values = 0, []
+    for _ in range(n):
+        out = measurement(counts)
+        released += "rare" in out
+        values.append(out.get("common", -10**9))
+    return released, np.asarray(values, float)
+
+
+@pytest.mark.parametrize("mechanism", ["laplace", "gaussian"])
+def test_threshold_key_release_stays_within_epsilon_delta(grouped, mechanism):
+    """Keys found in the data: a key only the added unit has may appear with probability at
+    most delta (it never appears without that unit); the counts of shared keys are DP."""
+    sql = "SELECT g, COUNT(*) FROM t GROUP BY g"
+    trials = 4000
+    plan0, rp = _release(grouped, f"g0_{mechanism}", sql, mechanism)
+    counts = [{str(row[0]): row[1] for row in grouped.executor.run(p.bounded_sql).rows}
+              for p in (plan0, _plan(grouped, f"g1_{mechanism}", sql))]
+    assert counts[0] == {"common": 40} and counts[1] == {"common": 41, "rare": 1}
+    delta = rp.threshold.delta
+    draws = [_threshold_draws(rp, c, trials) for c in counts]
+    assert draws[0][0] == 0  # a key absent from the data is never released
+    low, _ = clopper_pearson(draws[1][0], trials, 1 - CONFIDENCE)
+    assert low <= delta
+    epsilon = rp.cost.epsilon
+    assert epsilon_lower_bound(draws[0][1], draws[1][1], delta=delta) <= epsilon
+
+
+def test_audit_catches_a_threshold_that_ignores_delta(grouped):
+    """A threshold of 1 releases the lone unit's key about half the time: far above delta."""
+    import dataclasses
+    sql = "SELECT g, COUNT(*) FROM t GROUP BY g"
+    _, rp = _release(grouped, "g1_laplace", sql, "laplace")
+    broken = dataclasses.replace(rp, threshold=dataclasses.replace(rp.threshold, threshold=1))
+    trials = 2000
+    released, _ = _threshold_draws(broken, {"common": 41, "rare": 1}, trials)
+    low, _ = clopper_pearson(released, trials, 1 - CONFIDENCE)
+    assert low > 10 * rp.threshold.delta

@@ -94,3 +94,26 @@ def test_catalog_query_engine_limits():
     with pytest.raises(TrinoError, match="too long") as err:
         run_in_sandbox(plan.sql, plan.views, VIEW, timeout_s=0.2)
     assert err.value.trino_code.name == "EXCEEDED_TIME_LIMIT"
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT " + "(" * 3000 + "1" + ")" * 3000,
+    "SELECT COUNT(*) FROM patients WHERE " + "(" * 3000 + "age > 1" + ")" * 3000,
+])
+def test_deeply_nested_statements_are_a_clear_error(sql):
+    # Review finding: sqlglot's RecursionError became a generic internal error.
+    from sqlgate.errors import UnsupportedQuery
+    with pytest.raises(UnsupportedQuery, match="nested too deeply"):
+        plan_statement(sql, SESSION, VIEW)
+
+
+def test_self_executing_prepared_statement_is_a_clear_error():
+    # Review finding: a prepared statement `p = EXECUTE p` (client-supplied header) recursed
+    # until Python's RecursionError, answered as an internal error.
+    from dataclasses import replace
+    from sqlgate.errors import UnsupportedQuery
+    session = replace(SESSION, prepared={"p": "EXECUTE p"})
+    with pytest.raises(UnsupportedQuery, match="too deeply"):
+        plan_statement("EXECUTE p", session, VIEW)
+    session = replace(SESSION, prepared={"q": "SELECT COUNT(*) FROM patients"})
+    assert isinstance(plan_statement("EXECUTE q", session, VIEW), DPQuery)
