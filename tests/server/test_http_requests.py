@@ -8,6 +8,11 @@ from tests.server.conftest import SECRET_NOTE, assert_error, patients_frame
 
 EXACT_SQL = "SELECT region, COUNT(*) AS n FROM patients GROUP BY region ORDER BY region"
 SAMPLE_SQL = "SELECT pid, age, note FROM patients ORDER BY pid"
+# Training specs are checked at submission, so the runner tests need a valid one.
+TRAIN_SQL = "SELECT age, region FROM patients"
+TRAIN_SPEC = {"model": {"type": "logistic"}, "label": "region", "task": "multiclass",
+              "optimizer": "sgd", "lr": 0.1, "epochs": 2, "batch_size": 16,
+              "max_grad_norm": 1.0, "epsilon": 1.0, "delta": 1e-6}
 
 
 def _create(client, **fields):
@@ -132,8 +137,7 @@ def test_failed_run_marks_request_failed_without_engine_text(clients):
 
 def test_training_needs_a_registered_runner(domain, clients):
     ann, olga = clients["ann"], clients["olga"]
-    rid = _create(ann, kind="training", sql="SELECT age FROM patients",
-                  spec={"model": "linear", "epochs": 2})["id"]
+    rid = _create(ann, kind="training", sql=TRAIN_SQL, spec=TRAIN_SPEC)["id"]
     error = assert_error(olga.post(f"/v1/requests/{rid}/approve", json={"reason": "ok"}), 503,
                          "runner_unavailable")
     assert "pending" in error["message"]
@@ -163,7 +167,7 @@ def test_training_needs_a_registered_runner(domain, clients):
         raise RuntimeError(f"value {SECRET_NOTE}")
 
     domain.state.executors["training"] = crashing
-    rid = _create(ann, kind="training", sql="SELECT age FROM patients")["id"]
+    rid = _create(ann, kind="training", sql=TRAIN_SQL, spec=TRAIN_SPEC)["id"]
     body = olga.post(f"/v1/requests/{rid}/approve", json={"reason": "ok"}).json()
     assert body["status"] == "failed" and SECRET_NOTE not in str(body)
 
