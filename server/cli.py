@@ -135,8 +135,10 @@ def _serve(args) -> int:
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         extra = [] if args.no_plugins else list(plugin_routes(state))
         if args.federation:
-            from server.router.serve import federation_routes
-            extra.extend(federation_routes(state.gateway, args.federation))
+            # Federated queries and federated training (owners approve in this domain's
+            # request store); after plugin_routes, whose training runner it wraps.
+            from server.router.fedavg_http import federated_domain_routes
+            extra.extend(federated_domain_routes(state, args.federation))
         try:
             serve(state, args.host, args.port, None if args.no_pg else args.pg_port,
                   ssl_certfile=args.ssl_certfile, ssl_keyfile=args.ssl_keyfile,

@@ -15,7 +15,9 @@ the global model moves by its mean. Every update is already differentially priva
 domain's units (post-processing of its DP-SGD run), so the secure sum protects the domains'
 updates from each other and from the aggregator, not the units (that is DP's job). The
 in-process orchestrator `federated_average` plays the router's role for tests and embedded
-use; across machines the same three calls run behind the router (see server/router/).
+use; across machines the same calls run behind the router: server/router/fedavg_domain.py
+(a domain: charge + load at `start`, one `train_round` + `share` per `round`) and
+server/router/fedavg_router.py (the router: secure sum, `apply_mean`, broadcast).
 """
 from __future__ import annotations
 
@@ -99,9 +101,19 @@ class LocalTrainer:
 
     def prepare(self) -> SgdPlan:
         """Charge this domain's ledger (full target, once), then select and plan."""
+        self.charge()
+        return self.load()
+
+    def charge(self) -> None:
+        """Charge this domain's ledger for the whole job (all rounds), before any data is
+        read. Raises BudgetExhausted (nothing written) when it does not fit."""
         self.party.gateway.accountant.charge(
             self.party.analyst, self.dataset, job_cost(self.spec.epsilon, self.spec.delta),
             query_key=f"fedavg:{self.job_id}", query_text=self.spec.sql)
+
+    def load(self) -> SgdPlan:
+        """After `charge`: select the partition, noisy-count it, calibrate sigma for all
+        rounds together."""
         data = select_units(self.party.gateway, self.query)
         split = split_epsilon(self.spec.epsilon, self.spec.delta)
         self.plan = plan_sgd(noisy_count(data.units, split.count_epsilon), self.spec.batch_size,
@@ -130,6 +142,21 @@ class LocalTrainer:
         if self.plan is None or self.trainer is None:
             return 0.0
         return self.plan.epsilon_after(self.trainer.steps_done)
+
+
+def initial_state(meta, spec: TrainingSpec) -> tuple[dict[str, torch.Tensor], dict]:
+    """The common starting model of a job (deterministic from spec.seed) and its public input
+    layout, from metadata only: what a router needs to start the rounds and to label the
+    released weights."""
+    query = plan_training_query(meta, spec)
+    model = build_model(spec.model, query.input_width, query.label.outputs, spec.seed)
+    return {n: p.detach().clone() for n, p in model.named_parameters()}, query.layout()
+
+
+def apply_mean(state: Mapping[str, torch.Tensor], total: Sequence[int],
+               parties: int) -> dict[str, torch.Tensor]:
+    """The next global model: previous + mean of the (clipped, fixed-point) updates."""
+    return unflatten(flatten(state) + decode_mean(total, parties), state)
 
 
 def pairwise_keys(names: Sequence[str]) -> dict[str, dict[str, bytes]]:
@@ -179,8 +206,9 @@ def federated_average(parties: Sequence[Party], spec: TrainingSpec, *, rounds: i
             encoded = trainer.train_round(global_state, update_clip, cancel)
             aggregate.add(trainer.party.name, trainer.share(encoded, names, keys[trainer.party.name],
                                                             context))
-        mean = decode_mean(aggregate.total(), len(names))
-        global_state = unflatten(flatten(global_state) + mean, global_state)
+        total = aggregate.total()
+        mean = decode_mean(total, len(names))
+        global_state = apply_mean(global_state, total, len(names))
         record = {"round": r, "rounds": rounds, "update_norm": float(np.linalg.norm(mean)),
                   "epsilon_spent": {t.party.name: t.epsilon_spent() for t in locals_}}
         history.append(record)
@@ -193,5 +221,6 @@ def federated_average(parties: Sequence[Party], spec: TrainingSpec, *, rounds: i
     return FedAvgResult(to_safetensors(global_state, info), global_state, history)
 
 
-__all__ = ["FedAvgResult", "LocalTrainer", "Party", "Progress", "decode_mean", "encode_update",
-           "federated_average", "pairwise_keys"]
+__all__ = ["FedAvgResult", "LocalTrainer", "Party", "Progress", "apply_mean", "decode_mean",
+           "encode_update", "federated_average", "flatten", "initial_state", "pairwise_keys",
+           "unflatten"]

@@ -47,6 +47,7 @@ def run_router(config_path: str | Path, home: str | Path, host: str = "127.0.0.1
                ssl_certfile: str | None = None, ssl_keyfile: str | None = None,
                log_level: str = "info", **options: Any) -> int:
     """Blocking: serve the router until SIGINT/SIGTERM (the `sqlgate router` command)."""
+    from server.router.training_api import federated_training_routes
     from server.serve import announce, ensure_admin, serve
 
     router = Router(load_router_config(config_path))
@@ -61,7 +62,8 @@ def run_router(config_path: str | Path, home: str | Path, host: str = "127.0.0.1
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             serve(state, host, port, pg_port, ssl_certfile=ssl_certfile,
-                  ssl_keyfile=ssl_keyfile, log_level=log_level, ready=announce)
+                  ssl_keyfile=ssl_keyfile, log_level=log_level, ready=announce,
+                  extra_routes=federated_training_routes())
         except _Stopped:
             pass
         finally:

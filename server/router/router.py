@@ -220,6 +220,16 @@ class Router:
         raise UnsupportedQuery("exact answers cannot be computed at the federation router: "
                                "ask each domain's owner")
 
+    def federated_train(self, spec: Mapping[str, Any], *, analyst: str, rounds: int,
+                        purpose: str, sql: str | None = None, dataset: str | None = None,
+                        update_clip: float = 10.0):
+        """Prepare a federated DP-SGD job (FedAvg with secure aggregation): every domain files
+        a pending request for its owner; `.run()` once all approved, `.take_weights()` once.
+        See server/router/fedavg_router.py."""
+        from server.router.fedavg_router import prepare_training
+        return prepare_training(self, spec, analyst=analyst, rounds=rounds, purpose=purpose,
+                                sql=sql, dataset=dataset, update_clip=update_clip)
+
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
         for client in self._clients.values():
