@@ -13,18 +13,15 @@ One SQLite file per domain, shared by the HTTP API, the PG wire server and the C
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import re
 import secrets
-import sqlite3
-import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
 
+from server.sqlite_db import sqlite_connection
 from sqlgate.errors import AuthenticationFailed, Conflict, InvalidParameter, NotFound
 
 ROLES = ("admin", "owner", "analyst")
@@ -121,29 +118,11 @@ class UserStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._schema_lock = threading.Lock()
         with self._connection() as conn:
             conn.executescript(_SCHEMA)
 
-    @contextlib.contextmanager
-    def _connection(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            if write:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            else:
-                yield conn
-        finally:
-            conn.close()
+    def _connection(self, *, write: bool = False):
+        return sqlite_connection(self.path, write=write, foreign_keys=True)
 
     # ------------------------------------------------------------ users
 

@@ -18,15 +18,15 @@ Runners (exact/sample built in, training from torch_bridge) report progress with
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import sqlite3
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from server.sqlite_db import sqlite_connection
 from sqlgate.errors import Conflict, InvalidParameter, NotFound, SqlgateError
 
 KINDS = ("exact", "sample", "training")
@@ -135,24 +135,8 @@ class RequestStore:
         with self._connection() as conn:
             conn.executescript(_SCHEMA)
 
-    @contextlib.contextmanager
-    def _connection(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            if write:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-            else:
-                yield conn
-        finally:
-            conn.close()
+    def _connection(self, *, write: bool = False):
+        return sqlite_connection(self.path, write=write)
 
     # ------------------------------------------------------------ reading
 

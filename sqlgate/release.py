@@ -208,6 +208,9 @@ def _gaussian_threshold(m: Measure, scale: float, delta: float) -> ThresholdSpec
     return ThresholdSpec(m.name, spec.threshold, spec.delta)
 
 
+# Built once per (candidates, alpha, scale): scoring a plan's quantiles used to rebuild the
+# scorer and noisy-max chain on every query (~1-3 ms each, more with many candidates).
+@lru_cache(maxsize=256)
 def _quantile_measurement(q, scale: float):
     domain = dp.vector_domain(dp.atom_domain(T=float, nan=False))
     scorer = dp.t.make_quantile_score_candidates(domain, dp.symmetric_distance(),
@@ -216,6 +219,7 @@ def _quantile_measurement(q, scale: float):
                                          dp.max_divergence(), scale=scale, negate=True)
 
 
+@lru_cache(maxsize=1024)
 def _quantile(q, epsilon_per_group: float) -> QuantileSpec:
     # The privacy map is linear in 1/scale: read it at scale 1, then verify.
     unit_cost = _quantile_measurement(q, 1.0).map(q.rows_per_unit)

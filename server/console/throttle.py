@@ -21,6 +21,7 @@ class LoginThrottle:
     max_failures: int = 5
     window_s: float = 300.0
     clock: Callable[[], float] = time.monotonic
+    max_keys: int = 10_000
     _failures: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -35,8 +36,10 @@ class LoginThrottle:
     def failed(self, name: str, source: str) -> None:
         with self._lock:
             key = _key(name, source)
-            self._failures[key] = self._recent(key) + [self.clock()]
-            if len(self._failures) > 10_000:   # bound memory under a spray of names
+            recent = self._recent(key) + [self.clock()]
+            self._failures.pop(key, None)         # re-insert: dict order = last failure
+            self._failures[key] = recent[-self.max_failures:]
+            if len(self._failures) > self.max_keys:   # bound memory under a spray of names
                 self._prune()
 
     def succeeded(self, name: str, source: str) -> None:
@@ -48,10 +51,17 @@ class LoginThrottle:
         return [t for t in self._failures.get(key, []) if t > cutoff]
 
     def _prune(self) -> None:
+        """Drop expired entries, then the least recently failing ones, down to 90% of the
+        cap (amortised: a spray of fresh names cannot make every failure scan the table)."""
         for key in list(self._failures):
             if not self._recent(key):
                 del self._failures[key]
+        excess = len(self._failures) - int(self.max_keys * 0.9)
+        for key in list(self._failures)[:max(0, excess)]:
+            del self._failures[key]
 
 
 def _key(name: str, source: str) -> tuple[str, str]:
-    return (name.lower(), source)
+    # User names are at most 63 characters; a longer "name" (from a Basic header) must not
+    # make each entry arbitrarily large.
+    return (name.lower()[:64], source[:64])

@@ -87,7 +87,25 @@ def drop_dataset(call: Call):
     call.audit.update(dataset=name)
     call.state.gateway.drop_dataset(name)
     call.state.users.revoke_dataset(name)
+    denied = _deny_pending_requests(call, name)
+    call.audit.update(details={"denied_requests": denied})
     return {"dropped": name}
+
+
+def _deny_pending_requests(call: Call, dataset: str) -> int:
+    """Pending requests were made against the dropped data: they must not stay approvable
+    by whoever later uploads a dataset under the same name (whose analysts never asked)."""
+    store, denied = call.state.requests, 0
+    while True:
+        pending = store.list(datasets={dataset}, status="pending", limit=1000)
+        if not pending:
+            return denied
+        for request in pending:
+            try:
+                store.deny(request.id, call.user.name, "the dataset was dropped")
+                denied += 1
+            except Conflict:
+                pass   # decided meanwhile by someone else
 
 
 # ---------------------------------------------------------------- budgets

@@ -324,6 +324,7 @@ class SyntheticCatalog:
         self._datasets = list(datasets)
         self._user = user
         self._settings = dict(settings)
+        self._settings_dirty = True
         self._conn: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
 
@@ -337,6 +338,7 @@ class SyntheticCatalog:
                 conn.execute(_MACROS)
                 self._conn = conn
                 self._populate(self._datasets, self._user)
+            if self._settings_dirty:
                 self._write_settings()
             return self._conn
 
@@ -380,15 +382,15 @@ class SyntheticCatalog:
                                     T.SQLGATE_TYPE_NAMES.get(column.type, "text"), pg_name,
                                     64 if oid == T.INT8 else (53 if oid == T.FLOAT8 else None),
                                     0 if oid == T.INT8 else None, 0 if oid == T.DATE else None))
-        c.executemany("INSERT INTO pgc.pg_namespace VALUES (?, ?, 10, NULL)", namespaces)
+        _insert_rows(c, "pgc.pg_namespace", "(?, ?, 10, NULL)", namespaces)
         if classes:
-            c.executemany(f"INSERT INTO pgc.pg_class VALUES ({','.join('?' * 35)})", classes)
-            c.executemany(f"INSERT INTO pgc.pg_attribute VALUES ({','.join('?' * 26)})", attributes)
-            c.executemany(f"INSERT INTO pgis.columns_base VALUES ({','.join('?' * 10)})", columns)
+            _insert_rows(c, "pgc.pg_class", _marks(35), classes)
+            _insert_rows(c, "pgc.pg_attribute", _marks(26), attributes)
+            _insert_rows(c, "pgis.columns_base", _marks(10), columns)
         if descriptions:
-            c.executemany("INSERT INTO pgc.pg_description VALUES (?, ?, ?, ?)", descriptions)
-        c.executemany(
-            f"INSERT INTO pgc.pg_type VALUES ({','.join('?' * 32)})",
+            _insert_rows(c, "pgc.pg_description", _marks(4), descriptions)
+        _insert_rows(
+            c, "pgc.pg_type", _marks(32),
             [(oid, name, NS_PG_CATALOG, USER_OID, length, 0 < length <= 8, "b", category, False,
               True, ",", 0, None, 0, array, f"{name}in", f"{name}out", f"{name}recv",
               f"{name}send", None, None, None, "i", "p", False, 0, -1, 0,
@@ -407,18 +409,23 @@ class SyntheticCatalog:
         c.execute("INSERT INTO pgc.pg_collation VALUES (100, 'default', 11, 'd', -1, NULL, NULL)")
 
     def set_settings(self, settings: dict[str, str]) -> None:
-        self._settings = dict(settings)
-        if self._conn is not None:
-            with self._lock:
-                self._write_settings()
+        # Written lazily, before the next catalog query: a client sending many SETs in a row
+        # must not rewrite the table for each one (that was quadratic, and slow per SET).
+        with self._lock:
+            self._settings = dict(settings)
+            self._settings_dirty = True
 
     def _write_settings(self) -> None:
-        settings = self._settings
+        settings = list(self._settings.items())
         self._conn.execute("DELETE FROM pgc.pg_settings")
-        self._conn.executemany(
-            "INSERT INTO pgc.pg_settings (name, setting, context, vartype, source, boot_val,"
-            " reset_val) VALUES (?, ?, 'user', 'string', 'session', ?, ?)",
-            [(name, value, value, value) for name, value in settings.items()])
+        if settings:
+            # One statement for all rows: DuckDB's executemany costs a statement per row.
+            rows = ", ".join(["(?, ?, 'user', 'string', 'session', ?, ?)"] * len(settings))
+            self._conn.execute(
+                "INSERT INTO pgc.pg_settings (name, setting, context, vartype, source, boot_val,"
+                f" reset_val) VALUES {rows}",
+                [v for name, value in settings for v in (name, value, value, value)])
+        self._settings_dirty = False
 
     # ------------------------------------------------------------ queries
 
@@ -556,6 +563,35 @@ class SyntheticCatalog:
         if type_sql in ("int2vector", "oidvector", "aclitem[]", "_aclitem"):
             return exp.cast(value, "VARCHAR")
         return node
+
+
+def _marks(width: int) -> str:
+    return "(" + ", ".join("?" * width) + ")"
+
+
+def _insert_rows(conn, table: str, row: str, rows: list) -> None:
+    """Bulk INSERT through a registered DataFrame: DuckDB's executemany (and big parameter
+    lists) bind one value at a time, which made a catalog with thousands of columns take
+    seconds to build on every connection's first catalog query. `row` is the one-row VALUES
+    shape; literal constants in it are filled in by name below."""
+    if not rows:
+        return
+    import pandas as pd
+    width = len(rows[0])
+    frame = pd.DataFrame.from_records(rows, columns=[f"c{i}" for i in range(width)])
+    parts, index = [], 0
+    for item in row.strip()[1:-1].split(","):
+        item = item.strip()
+        if item == "?":
+            parts.append(f"c{index}")
+            index += 1
+        else:
+            parts.append(item)
+    conn.register("_sg_rows", frame)
+    try:
+        conn.execute(f"INSERT INTO {table} SELECT {', '.join(parts)} FROM _sg_rows")
+    finally:
+        conn.unregister("_sg_rows")
 
 
 def _post_order(node: exp.Expression, rewrite) -> exp.Expression:

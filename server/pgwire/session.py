@@ -18,11 +18,12 @@ from dataclasses import dataclass, field
 import sqlglot
 from sqlglot import exp
 
+from rewriter.parse import MAX_SQL_LENGTH
 from server.pgwire import types as T
 from server.pgwire.catalog import SERVER_VERSION, SyntheticCatalog, VERSION_STRING
 from server.pgwire.sqltext import first_words, strip_comments
-from sqlgate.errors import (InvalidParameter, NotFound, PolicyRefused, ReadOnlyViolation,
-                            SqlgateError, SqlSyntaxError, UnsupportedQuery)
+from sqlgate.errors import (InvalidParameter, LimitExceeded, NotFound, PolicyRefused,
+                            ReadOnlyViolation, SqlgateError, SqlSyntaxError, UnsupportedQuery)
 
 _WRITES = {"INSERT", "UPDATE", "DELETE", "MERGE", "CREATE", "DROP", "ALTER", "TRUNCATE", "GRANT",
            "REVOKE", "VACUUM", "ANALYZE", "CLUSTER", "REINDEX", "REFRESH", "COMMENT", "SECURITY",
@@ -39,6 +40,10 @@ STARTUP_PARAMETERS = {
     "TimeZone": "UTC", "IntervalStyle": "postgres", "is_superuser": "off",
     "application_name": "", "default_transaction_read_only": "on", "in_hot_standby": "off",
 }
+# A session's settings live in memory and in its catalog's pg_settings: bounded, so a client
+# cannot grow the server's memory one SET at a time.
+MAX_SETTINGS = 500
+MAX_SETTING_CHARS = 8192
 _SHOW_ALIASES = {"transaction isolation level": "transaction_isolation",
                  "time zone": "timezone", "session authorization": "session_authorization"}
 
@@ -107,6 +112,10 @@ class Session:
         if head in _QUERIES or head == "EXPLAIN":
             if head == "EXPLAIN":
                 return Plan("session", sql)
+            if len(sql) > MAX_SQL_LENGTH:
+                # Before sqlglot sees it: parsing a 16 MiB statement (the message limit)
+                # takes minutes and gigabytes. Same limit and error as the DP planner.
+                raise UnsupportedQuery(f"query text is longer than {MAX_SQL_LENGTH} characters")
             try:
                 tree = sqlglot.parse_one(sql, read="postgres")
             except (sqlglot.errors.ParseError, sqlglot.errors.TokenError, ValueError,
@@ -241,6 +250,10 @@ class Session:
                 raise SqlSyntaxError("syntax error in SET; expected SET name = value")
             name, value = match.group(1).strip('"').lower(), match.group(2)
         value = _setting_value(value)
+        if len(value) > MAX_SETTING_CHARS:
+            raise LimitExceeded(f"setting values are limited to {MAX_SETTING_CHARS} characters")
+        if name not in self.settings and len(self.settings) >= MAX_SETTINGS:
+            raise LimitExceeded(f"a session holds at most {MAX_SETTINGS} settings")
         if name == "sqlgate.epsilon":
             self.epsilon = _epsilon(value)
             self.settings[name] = "default" if self.epsilon is None else repr(self.epsilon)

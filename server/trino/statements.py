@@ -18,6 +18,7 @@ from sqlglot.dialects.trino import Trino
 from sqlglot.errors import ParseError, TokenError
 from sqlglot.tokens import TokenType
 
+from rewriter.parse import MAX_SQL_LENGTH
 from sqlgate.errors import SqlSyntaxError, UnsupportedQuery
 
 from server.trino.errors import (CATALOG_NOT_FOUND, GENERIC_USER_ERROR, INVALID_PARAMETER_USAGE,
@@ -73,6 +74,9 @@ def plan_statement(sql: str, session: TrinoSession, view: CatalogView, *,
     if _depth > _MAX_INDIRECTION:
         # A prepared statement that executes itself (p = 'EXECUTE p') would recurse forever.
         raise UnsupportedQuery("statements nest (EXECUTE / EXPLAIN) too deeply")
+    if len(sql) > MAX_SQL_LENGTH:
+        # Before tokenizing: sqlglot needs seconds and hundreds of MB per megabyte of SQL.
+        raise UnsupportedQuery(f"query text is longer than {MAX_SQL_LENGTH} characters")
     sql = _strip(sql)
     if not sql:
         raise SqlSyntaxError("empty statement")

@@ -138,3 +138,27 @@ def test_throttle_window_and_reset():
     throttle.succeeded("dan", "10.0.0.1")            # success clears the count
     throttle.failed("dan", "10.0.0.1")
     throttle.check("dan", "10.0.0.1")
+
+
+def test_throttle_memory_is_bounded_under_a_spray_of_names():
+    """Review finding: the throttle now guards HTTP Basic, Trino and PG wire too, where a
+    'name' can be kilobytes long and fresh for every request; entries must stay small and
+    their number bounded, while a name being guessed right now stays locked."""
+    from server.console.throttle import LoginThrottle
+    from sqlgate.errors import TooManyRequests
+
+    now = [0.0]
+    throttle = LoginThrottle(max_failures=3, window_s=60, clock=lambda: now[0], max_keys=100)
+    for i in range(1000):
+        now[0] += 0.001
+        throttle.failed(f"{i:04d}" + "x" * 5000, "10.0.0.9")
+    assert len(throttle._failures) <= 100
+    assert all(len(name) <= 64 for name, _ in throttle._failures)
+    for _ in range(3):
+        throttle.failed("dan", "10.0.0.1")
+    with pytest.raises(TooManyRequests):
+        throttle.check("dan", "10.0.0.1")
+    for i in range(50):                               # fewer than the cap: dan is kept
+        throttle.failed(f"spray{i}", "10.0.0.9")
+    with pytest.raises(TooManyRequests):
+        throttle.check("dan", "10.0.0.1")

@@ -230,3 +230,15 @@ def test_l0_bound_keeps_a_different_subset_per_unit(tmp_path):
                        analyst="a", epsilon=BIG_EPSILON).to_pandas()
     assert got.n.sum() == pytest.approx(units, abs=10)
     assert got.n.min() > units / 4 * 0.8 and got.n.max() < units / 4 * 1.2
+
+
+@pytest.mark.parametrize("epsilon", [0.0, -1.0, 1e-320, 1e-7, 1e5, float("nan"), float("inf"),
+                                     True, "1"])
+def test_out_of_range_epsilon_is_refused_before_anything_runs(gateway, epsilon):
+    from sqlgate.errors import InvalidParameter
+    before = gateway.budget("eps", "town").queries
+    for call in (gateway.query, gateway.explain):
+        with pytest.raises(InvalidParameter) as err:
+            call("SELECT COUNT(*) FROM people", analyst="eps", epsilon=epsilon)
+        assert "epsilon must be a number from" in err.value.message
+    assert gateway.budget("eps", "town").queries == before

@@ -117,3 +117,30 @@ def test_self_executing_prepared_statement_is_a_clear_error():
         plan_statement("EXECUTE p", session, VIEW)
     session = replace(SESSION, prepared={"q": "SELECT COUNT(*) FROM patients"})
     assert isinstance(plan_statement("EXECUTE q", session, VIEW), DPQuery)
+
+
+def test_large_catalog_views_load_completely():
+    # Views are bulk-loaded into the sandbox now (executemany was one statement per row).
+    from sqlgate.metadata import parse_dataset
+    metas = tuple(parse_dataset({"dataset": f"d{i}", "tables": {
+        f"t{j}": {"privacy_unit": "c0", "columns": {
+            f"c{k}": ("int" if k % 2 else "string") for k in range(30)}} for j in range(5)}})
+        for i in range(8))
+    view = CatalogView(metas, "ann")
+    table = run_in_sandbox(
+        'SELECT data_type, count(*), max(ordinal_position) FROM "trino__information_schema__'
+        'columns" WHERE table_schema <> \'information_schema\' GROUP BY 1 ORDER BY 1',
+        [("sqlgate", "information_schema", "columns")], view)
+    assert table.rows == [("bigint", 600, 30), ("varchar", 600, 29)]
+    jdbc = run_in_sandbox('SELECT count(*), count(decimal_digits), sum(nullable) FROM '
+                          '"trino__jdbc__columns" WHERE table_schem LIKE \'d%\'',
+                          [("sqlgate", "jdbc", "columns")], view)
+    assert jdbc.rows == [(1200, 600, 1160)]
+
+
+def test_huge_statements_are_refused_before_tokenizing():
+    from rewriter.parse import MAX_SQL_LENGTH
+    from sqlgate.errors import UnsupportedQuery
+    huge = "SELECT 1 WHERE 1 IN (" + ",".join("1" for _ in range(MAX_SQL_LENGTH)) + ")"
+    with pytest.raises(UnsupportedQuery, match="longer than"):
+        plan_statement(huge, SESSION, VIEW)

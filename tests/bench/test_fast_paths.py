@@ -1,0 +1,242 @@
+"""Contracts of the second round of performance changes:
+
+* one ledger read (cached answer or budget pre-check) and one write (charge + answer) per
+  query; noise drawn before the charge is never released unless the charge commits, and a
+  failure after noise was drawn is charged all the same;
+* quantile values grouped per cell with Arrow codes equal a plain groupby;
+* WHERE conjuncts that cannot fail stay bare (pushed into scans), the rest stays in TRY();
+* public keys filtered after aggregation still release exactly the public cells.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from accountant import Accountant, PrivacyCost, SqliteLedger
+from sqlgate import gateway as gateway_module
+from sqlgate.errors import BudgetExhausted, UnsupportedQuery
+from sqlgate.gateway import Gateway
+from sqlgate.metadata import Budget, parse_dataset
+
+BIG = 50.0
+
+
+def _meta(budget_epsilon=1e6):
+    table = {"privacy_unit": "uid", "max_groups_per_unit": 2, "max_rows_per_group": 3,
+             "columns": {"uid": "int",
+                         "colour": {"type": "string", "public_keys": ["red", "blue"]},
+                         "code": "string",
+                         "day": "date",
+                         "price": {"type": "float", "lower": 0, "upper": 100,
+                                   "nullable": False}}}
+    return parse_dataset({"dataset": "shop", "budget": {"epsilon": budget_epsilon, "delta": 1e-3},
+                          "query": {"epsilon": 1.0, "delta": 1e-7}, "tables": {"sales": table}})
+
+
+def _frame(n_units=300, seed=5):
+    rng = np.random.default_rng(seed)
+    uid = np.repeat(np.arange(n_units), 2)
+    days = pd.to_datetime("2024-01-01") + pd.to_timedelta(rng.integers(0, 60, len(uid)), "D")
+    return pd.DataFrame({
+        "uid": uid,
+        "colour": rng.choice(["red", "blue", "green"], len(uid)),
+        # one in ten codes is not a number: a CAST of it fails inside the engine
+        "code": np.where(rng.random(len(uid)) < 0.1, "x", rng.integers(0, 9, len(uid)).astype(str)),
+        "day": days.date,
+        "price": rng.uniform(0, 100, len(uid)),
+    })
+
+
+@pytest.fixture
+def gw(tmp_path):
+    gateway = Gateway(tmp_path / "home")
+    gateway.add_dataset(_meta(), {"sales": _frame()})
+    yield gateway
+    gateway.close()
+
+
+SQL = "SELECT colour, COUNT(*) AS n FROM sales GROUP BY colour"
+
+
+# ---------------------------------------------------------------- ledger: one read, one write
+
+
+def test_charge_stores_the_answer_in_its_own_transaction(tmp_path):
+    ledger = SqliteLedger(tmp_path / "l.sqlite")
+    acct = Accountant(ledger)
+    acct.register_dataset("d", default_budget=Budget(epsilon=1.0, delta=0.0))
+    cost = PrivacyCost("pure", epsilon=0.6, delta=0.0)
+    assert acct.cached_or_check("a", "d", "k", cost) is None
+    charge_id = acct.charge("a", "d", cost, query_key="k", query_text="q", answer=b"noisy")
+    assert acct.cached_answer("a", "d", "k") == b"noisy"
+    assert acct.cached_or_check("a", "d", "k", cost) == b"noisy"     # free repeat, no check
+    with pytest.raises(BudgetExhausted):
+        acct.cached_or_check("a", "d", "other", cost)                 # 0.6 + 0.6 > 1
+    with pytest.raises(BudgetExhausted):
+        acct.charge("a", "d", cost, query_key="other", answer=b"never")
+    assert acct.cached_answer("a", "d", "other") is None              # refused: nothing stored
+    assert [h["id"] for h in acct.history("a", "d")] == [charge_id]
+    with pytest.raises(Exception):
+        acct.record_answer(charge_id, b"again")                      # still once per charge
+
+
+def test_query_uses_one_write_and_never_record_answer(gw, monkeypatch):
+    calls = []
+    ledger = gw.accountant.ledger
+    original = ledger.charge
+
+    def charge(request, decide, answer=None):
+        calls.append(answer)
+        return original(request, decide, answer)
+
+    def record_answer(*args, **kwargs):
+        raise AssertionError("the answer must be stored with the charge")
+
+    monkeypatch.setattr(ledger, "charge", charge)
+    monkeypatch.setattr(ledger, "record_answer", record_answer)
+    first = gw.query(SQL, analyst="a", epsilon=BIG)
+    assert len(calls) == 1 and calls[0] is not None
+    again = gw.query(SQL, analyst="a", epsilon=BIG)
+    assert again.cached and again.rows == first.rows and len(calls) == 1
+
+
+def test_a_failure_after_noise_is_charged_and_nothing_is_released(gw, monkeypatch):
+    def boom(*args, **kwargs):
+        raise UnsupportedQuery("the query's result expressions could not be computed")
+
+    monkeypatch.setattr(gw, "_postprocess", boom)
+    with pytest.raises(UnsupportedQuery):
+        gw.query(SQL, analyst="a", epsilon=1.0)
+    status = gw.budget("a", "shop")
+    assert status.queries == 1 and status.spent_epsilon == pytest.approx(1.0)
+    history = gw.accountant.history("a", "shop")
+    assert gw.accountant.cached_answer("a", "shop", history[0]["query_key"]) is None
+
+
+def test_refused_charge_releases_nothing_whatever_the_noise(tmp_path, monkeypatch):
+    with Gateway(tmp_path / "h") as gw:
+        gw.add_dataset(_meta(budget_epsilon=1.5), {"sales": _frame()})
+        gw.query(SQL, analyst="a", epsilon=1.0)
+        # The pre-check would refuse; skip it to reach the charge with noise already drawn.
+        monkeypatch.setattr(gw.accountant, "cached_or_check", lambda *a, **k: None)
+        with pytest.raises(BudgetExhausted):
+            gw.query(SQL.replace("n FROM", "cnt FROM"), analyst="a", epsilon=1.0)
+
+        def boom(*args, **kwargs):
+            raise UnsupportedQuery("failed on a noisy value")
+
+        # A failure after noise with no budget left surfaces as BudgetExhausted, not as the
+        # noise-dependent error.
+        monkeypatch.setattr(gw, "_postprocess", boom)
+        with pytest.raises(BudgetExhausted):
+            gw.query(SQL.replace("n FROM", "m FROM"), analyst="a", epsilon=1.0)
+        assert gw.budget("a", "shop").queries == 1
+
+
+# ---------------------------------------------------------------- quantile values per cell
+
+
+def _reference(frame: pd.DataFrame, key_count: int):
+    keys = list(frame.columns[:key_count])
+    out = {}
+    for key, group in frame.groupby(keys, dropna=False, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        key = tuple(None if (isinstance(v, float) and v != v) else v for v in key)
+        out[key] = {i: group[c].to_numpy(dtype=float)
+                    for i, c in enumerate(frame.columns[key_count:])}
+    return out
+
+
+@pytest.mark.parametrize("rows,cardinality", [(500, 3), (400, 300)])
+def test_values_by_cell_equals_a_groupby(rows, cardinality):
+    rng = np.random.default_rng(1)
+    frame = pd.DataFrame({
+        "k0": pd.Series(rng.choice([f"s{i}" for i in range(cardinality)] + [None], rows),
+                        dtype="object"),
+        "k1": rng.integers(0, cardinality, rows),
+        "v0": rng.normal(size=rows),
+        "v1": rng.normal(size=rows),
+    })
+    expected = _reference(frame, 2)
+    for given in (frame, pa.Table.from_pandas(frame, preserve_index=False)):
+        got = gateway_module._values_by_cell(given, 2)
+        assert set(got) == set(expected)
+        for key, values in expected.items():
+            for i in (0, 1):
+                np.testing.assert_array_equal(got[key][i], values[i])
+
+
+def test_values_by_cell_without_keys_and_empty():
+    frame = pd.DataFrame({"v": [3.0, 1.0, 2.0]})
+    got = gateway_module._values_by_cell(frame, 0)
+    np.testing.assert_array_equal(got[()][0], [3.0, 1.0, 2.0])
+    assert gateway_module._values_by_cell(frame.iloc[:0], 0) == {}
+    assert gateway_module._values_by_cell(None, 1) == {}
+
+
+def test_grouped_quantiles_still_answer_per_public_cell(gw):
+    result = gw.query("SELECT colour, MEDIAN(price) AS m FROM sales GROUP BY colour",
+                      analyst="q", epsilon=BIG)
+    got = dict(result.rows)
+    assert set(got) == {"red", "blue"}
+    for value in got.values():
+        assert 35 <= value <= 65
+
+
+# ---------------------------------------------------------------- WHERE and public keys
+
+
+def test_safe_where_conjuncts_are_bare_and_the_rest_stays_guarded(gw):
+    plan, _ = gw._plan("SELECT COUNT(*) AS n FROM sales WHERE day >= DATE '2024-01-15' "
+                       "AND colour IN ('red', 'green') AND price BETWEEN 10 AND 90 "
+                       "AND CAST(code AS INT) > 3")
+    where = plan.bounded_sql.split("WHERE", 1)[1].split("), per_unit", 1)[0].strip()
+    assert where.startswith('"sales"."day" >= TRY_CAST(')
+    assert "\"sales\".\"colour\" IN ('red', 'green') AND" in where
+    assert "COALESCE(TRY(TRY_CAST(\"sales\".\"code\" AS INT) > 3), FALSE)" in where
+    # a literal of another type than the column is not trusted
+    plan, _ = gw._plan("SELECT COUNT(*) AS n FROM sales WHERE code > 3")
+    assert 'TRY("sales"."code" > 3)' in plan.bounded_sql
+
+
+def test_split_where_keeps_the_same_rows_and_never_fails_on_data(gw):
+    frame = _frame()
+    day = pd.Timestamp("2024-01-15").date()
+    numeric = pd.to_numeric(frame["code"], errors="coerce")
+    truth = int(((frame["day"] >= day) & (numeric > 3)).sum())
+    result = gw.query("SELECT COUNT(*) AS n FROM sales WHERE day >= DATE '2024-01-15' "
+                      "AND CAST(code AS INT) > 3", analyst="w", epsilon=BIG)
+    assert result.rows[0][0] == pytest.approx(truth, abs=3)
+
+
+def test_late_public_key_filter_is_not_pushed_into_rows_but_still_filters(gw):
+    plan, _ = gw._plan(SQL)
+    assert "OR COUNT(*) < 0" in plan.bounded_sql
+    raw = gw.executor.run(plan.bounded_sql).rows
+    assert {row[0] for row in raw} == {"red", "blue"}        # 'green' never leaves the engine
+
+
+def test_direct_two_level_aggregation_equals_count_distinct(tmp_path):
+    meta = parse_dataset({
+        "dataset": "shop", "budget": {"epsilon": 1e6, "delta": 1e-3},
+        "query": {"epsilon": 1.0, "delta": 1e-7},
+        "tables": {"sales": {"privacy_unit": "uid", "max_groups_per_unit": 3,
+                             "max_rows_per_group": 2, "truncate_rows_per_unit": 2,
+                             "columns": {"uid": "int", "code": "string",
+                                         "price": {"type": "float", "lower": 0, "upper": 100,
+                                                   "nullable": False}}}}})
+    with Gateway(tmp_path / "h") as gw:
+        gw.add_dataset(meta, {"sales": _frame().drop(columns=["colour", "day"])})
+        plan, _ = gw._plan("SELECT code, COUNT(*) AS n, SUM(price) AS s FROM sales GROUP BY code")
+        assert plan.direct_path and plan.keys.mode == "threshold"
+        assert "DISTINCT" not in plan.bounded_sql
+        got = gw.executor.run(plan.bounded_sql)
+        src = plan.bounded_sql.split(", per_unit AS", 1)[0]
+        kinds = {m.name: m.kind for m in plan.measures}
+        aggregate = {"units": 'COUNT(DISTINCT "__unit")', "count": "COUNT(*)"}
+        select = ", ".join(aggregate.get(kinds[name], f'SUM("v_{name}")') + f' AS "{name}"'
+                           for name in got.columns[1:])
+        reference = gw.executor.run(f'{src} SELECT "k0", {select} FROM src GROUP BY "k0"')
+    assert sorted(got.rows) == sorted(reference.rows) and len(got.rows) > 5
