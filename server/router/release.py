@@ -16,6 +16,7 @@ import pandas as pd
 from server.router.protocol import FederatedPlan, split_measures
 from sqlgate.errors import UnsupportedQuery
 from sqlgate.executor import sandboxed_duckdb
+from sqlgate.postprocess import POSTPROCESS_MEMORY_LIMIT, type_from_engine, typed_keys
 from sqlgate.results import DPResult, OutputColumn
 
 
@@ -32,7 +33,7 @@ def noisy_frame(fplan: FederatedPlan, total: Sequence[int] | None) -> pd.DataFra
         columns[m.name] = measures.get(m.name, [])
     frame = pd.DataFrame(columns, columns=list(plan.keys.key_names) + [m.name for m in plan.measures])
     for i, name in enumerate(plan.keys.key_names):
-        frame[name] = _typed_keys(frame[name], plan.keys.key_types[i])
+        frame[name] = typed_keys(frame[name], plan.keys.key_types[i])
     for m in plan.measures:
         frame[m.name] = frame[m.name].astype("int64")
     return frame
@@ -57,7 +58,7 @@ def _columns(fplan: FederatedPlan, types, frame, with_accuracy: bool) -> tuple[O
     plan, release = fplan.plan, fplan.release
     columns = []
     for spec, engine_type in zip(plan.outputs, types):
-        type_name = spec.type or _type_from_engine(engine_type)
+        type_name = spec.type or type_from_engine(engine_type)
         ci = None
         if with_accuracy and spec.measure is not None:
             ci = release.ci95(plan.measure(spec.measure))
@@ -68,7 +69,7 @@ def _columns(fplan: FederatedPlan, types, frame, with_accuracy: bool) -> tuple[O
 
 
 def _run_postprocess(fplan: FederatedPlan, frame: pd.DataFrame):
-    conn = sandboxed_duckdb(None, threads=1)
+    conn = sandboxed_duckdb(None, threads=1, memory_limit=POSTPROCESS_MEMORY_LIMIT)
     try:
         conn.register("noisy", frame)
         relation = conn.execute(fplan.plan.postprocess.sql(dialect="duckdb"))
@@ -80,31 +81,6 @@ def _run_postprocess(fplan: FederatedPlan, frame: pd.DataFrame):
                                f"{str(err).splitlines()[0][:200]}") from None
     finally:
         conn.close()
-
-
-def _typed_keys(series: pd.Series, type_name: str) -> pd.Series:
-    if type_name == "int":
-        return series.astype("Int64")
-    if type_name == "float":
-        return series.astype("float64")
-    if type_name == "bool":
-        return series.astype("boolean")
-    if type_name == "date":
-        return pd.to_datetime(series).dt.date.astype("object") if len(series) else series.astype("datetime64[s]")
-    return series.astype("object") if len(series) else series.astype("string")
-
-
-def _type_from_engine(engine_type: str) -> str:
-    upper = engine_type.upper()
-    if "INT" in upper:
-        return "int"
-    if any(t in upper for t in ("DOUBLE", "FLOAT", "DECIMAL", "REAL")):
-        return "float"
-    if "BOOL" in upper:
-        return "bool"
-    if "DATE" in upper or "TIMESTAMP" in upper:
-        return "date"
-    return "string"
 
 
 def _typical_ratio_ci(fplan: FederatedPlan, frame: pd.DataFrame, ratio_of) -> float | None:
