@@ -99,14 +99,30 @@ class Accountant:
         self._dataset(dataset)
         return self.ledger.cached_answer(analyst, dataset, query_key)
 
+    def cached_or_check(self, analyst: str, dataset: str, query_key: str,
+                        cost: PrivacyCost) -> bytes | None:
+        """The cached answer of this query if there is one (free); otherwise None after a
+        budget pre-check (raises BudgetExhausted). One ledger read; writes nothing."""
+        ds = self._dataset(dataset)
+        _check_cost(ds, cost)
+        cached, override, spent = self.ledger.lookup(analyst, dataset, query_key)
+        if cached is not None:
+            return cached
+        self._decide(ds, analyst, cost, override, spent)
+        return None
+
     # ------------------------------------------------------------------ writes
 
     def charge(self, analyst: str, dataset: str, cost: PrivacyCost, *, query_key: str | None = None,
-               query_text: str | None = None) -> int:
+               query_text: str | None = None, answer: bytes | None = None) -> int:
         """Re-check and record `cost` in one transaction; returns the charge id.
 
-        Charge before release: call this before drawing noise; the charge is never refunded.
+        Charge before release: nothing computed with noise may reach the analyst before this
+        returns; the charge is never refunded. `answer` (the noisy answer, computed but not
+        yet released) is stored in the same transaction, for free identical repeats.
         """
+        if answer is not None and not isinstance(answer, (bytes, bytearray, memoryview)):
+            raise InvalidParameter("answers are stored as bytes")
         _check_name(analyst, "analyst")
         ds = self._dataset(dataset)
         _check_cost(ds, cost)
@@ -116,7 +132,8 @@ class Accountant:
         request = ChargeRequest(analyst, dataset, cost.measure, cost.epsilon, cost.delta,
                                 cost.rho, query_key, query_text)
         return self.ledger.charge(
-            request, lambda override, spent: self._decide(ds, analyst, cost, override, spent))
+            request, lambda override, spent: self._decide(ds, analyst, cost, override, spent),
+            answer=None if answer is None else bytes(answer))
 
     def record_answer(self, charge_id: int, answer: bytes) -> None:
         if not isinstance(answer, (bytes, bytearray, memoryview)):

@@ -57,9 +57,11 @@ class Ledger(abc.ABC):
         """Override and spent sums read in one consistent read; writes nothing."""
 
     @abc.abstractmethod
-    def charge(self, request: ChargeRequest, decide: Decide) -> int:
+    def charge(self, request: ChargeRequest, decide: Decide, answer: bytes | None = None) -> int:
         """Lock (analyst, dataset), read, call `decide`, insert, commit; returns the charge id.
-        If `decide` raises, nothing is written and the exception propagates."""
+        If `decide` raises, nothing is written and the exception propagates. With `answer`,
+        the answer is stored in the same transaction (one commit, one fsync, instead of two):
+        the caller has computed it but must not release it before this returns."""
 
     @abc.abstractmethod
     def record_answer(self, charge_id: int, answer: bytes) -> None:
@@ -68,6 +70,17 @@ class Ledger(abc.ABC):
     @abc.abstractmethod
     def cached_answer(self, analyst: str, dataset: str, query_key: str) -> bytes | None:
         """The most recent answer recorded for exactly this (analyst, dataset, query_key)."""
+
+    def lookup(self, analyst: str, dataset: str, query_key: str
+               ) -> tuple[bytes | None, Budget | None, Spent | None]:
+        """(cached answer, override, spent) for a query about to run. When an answer is
+        cached, override and spent are not read (None, None). Backends may do it in one
+        read transaction; this default makes two reads."""
+        cached = self.cached_answer(analyst, dataset, query_key)
+        if cached is not None:
+            return cached, None, None
+        override, spent = self.snapshot(analyst, dataset)
+        return None, override, spent
 
     @abc.abstractmethod
     def history(self, analyst: str | None = None, dataset: str | None = None) -> list[dict]:

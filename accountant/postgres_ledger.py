@@ -148,7 +148,7 @@ class PostgresLedger(Ledger):
                 conn.execute("SET TRANSACTION READ ONLY")
                 return self._override(conn, analyst, dataset), self._spent(conn, analyst, dataset)
 
-    def charge(self, request: ChargeRequest, decide: Decide) -> int:
+    def charge(self, request: ChargeRequest, decide: Decide, answer: bytes | None = None) -> int:
         with self._connection() as conn, conn.transaction():
             self._lock(conn, request.analyst, request.dataset)
             decide(self._override(conn, request.analyst, request.dataset),
@@ -159,6 +159,13 @@ class PostgresLedger(Ledger):
                 (request.analyst, request.dataset, request.measure, float(request.epsilon),
                  float(request.delta), float(request.rho), request.query_key,
                  request.query_text)).fetchone()
+            if answer is not None:
+                # Same transaction as the charge: one commit per query.
+                conn.execute(
+                    "INSERT INTO answers (charge_id, analyst, dataset, query_key, answer) "
+                    "VALUES (%s, %s, %s, %s, %s)",
+                    (int(row[0]), request.analyst, request.dataset, request.query_key,
+                     bytes(answer)))
             return int(row[0])
 
     def record_answer(self, charge_id: int, answer: bytes) -> None:

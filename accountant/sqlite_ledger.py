@@ -161,7 +161,7 @@ class SqliteLedger(Ledger):
         with self._connection() as conn, self._read(conn):
             return self._override(conn, analyst, dataset), self._spent(conn, analyst, dataset)
 
-    def charge(self, request: ChargeRequest, decide: Decide) -> int:
+    def charge(self, request: ChargeRequest, decide: Decide, answer: bytes | None = None) -> int:
         with self._connection() as conn:
             with self._write(conn):
                 decide(self._override(conn, request.analyst, request.dataset),
@@ -173,6 +173,10 @@ class SqliteLedger(Ledger):
                      float(request.delta), float(request.rho), request.query_key,
                      request.query_text, _now()))
                 charge_id = cursor.lastrowid
+                if answer is not None:
+                    # Same transaction as the charge: one commit (one WAL fsync) per query.
+                    self._insert_answer(conn, charge_id, request.analyst, request.dataset,
+                                        request.query_key, answer)
             return int(charge_id)
 
     def record_answer(self, charge_id: int, answer: bytes) -> None:
@@ -184,16 +188,36 @@ class SqliteLedger(Ledger):
             if conn.execute("SELECT 1 FROM answers WHERE charge_id = ?",
                             (int(charge_id),)).fetchone():
                 raise Conflict(f"an answer is already recorded for charge {int(charge_id)}")
-            conn.execute("INSERT INTO answers (charge_id, analyst, dataset, query_key, answer, "
-                         "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                         (int(charge_id), row[0], row[1], row[2], bytes(answer), _now()))
+            self._insert_answer(conn, int(charge_id), row[0], row[1], row[2], answer)
+
+    @staticmethod
+    def _insert_answer(conn: sqlite3.Connection, charge_id: int, analyst: str, dataset: str,
+                       query_key: str | None, answer: bytes) -> None:
+        conn.execute("INSERT INTO answers (charge_id, analyst, dataset, query_key, answer, "
+                     "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                     (int(charge_id), analyst, dataset, query_key, bytes(answer), _now()))
+
+    @staticmethod
+    def _cached(conn: sqlite3.Connection, analyst: str, dataset: str,
+                query_key: str) -> bytes | None:
+        row = conn.execute("SELECT answer FROM answers WHERE analyst = ? AND dataset = ? "
+                           "AND query_key = ? ORDER BY charge_id DESC LIMIT 1",
+                           (analyst, dataset, query_key)).fetchone()
+        return None if row is None else bytes(row[0])
 
     def cached_answer(self, analyst: str, dataset: str, query_key: str) -> bytes | None:
         with self._connection() as conn:
-            row = conn.execute("SELECT answer FROM answers WHERE analyst = ? AND dataset = ? "
-                               "AND query_key = ? ORDER BY charge_id DESC LIMIT 1",
-                               (analyst, dataset, query_key)).fetchone()
-        return None if row is None else bytes(row[0])
+            return self._cached(conn, analyst, dataset, query_key)
+
+    def lookup(self, analyst: str, dataset: str, query_key: str
+               ) -> tuple[bytes | None, Budget | None, Spent | None]:
+        # One read transaction (one WAL snapshot) for the answer cache and the budget
+        # pre-check, where separate calls took two.
+        with self._connection() as conn, self._read(conn):
+            cached = self._cached(conn, analyst, dataset, query_key)
+            if cached is not None:
+                return cached, None, None
+            return None, self._override(conn, analyst, dataset), self._spent(conn, analyst, dataset)
 
     def history(self, analyst: str | None = None, dataset: str | None = None) -> list[dict]:
         where, params = _filters(analyst, dataset)

@@ -29,7 +29,8 @@ from sqlglot import exp
 from rewriter.aggregates import AggregateUse, BaseMeasure, classify_aggregate, is_aggregate
 from rewriter.flatten import flatten
 from rewriter.plan import DPPlan, KeyRelease, Measure, OutputColumnSpec, QuantileMeasure, Sensitivity
-from rewriter.rowexpr import ALLOWED_ROW_NODES, _describe, check_row_expression, total_predicate
+from rewriter.rowexpr import (ALLOWED_ROW_NODES, _describe, check_row_expression, total_predicate,
+                              total_where)
 from rewriter.scope import QueryScope, TableResolver, build_scope
 from sqlgate.errors import PolicyRefused, UnsupportedQuery
 from sqlgate.metadata import ColumnMeta
@@ -436,7 +437,7 @@ def _src(scope: QueryScope, keys, extra_columns, where, key_release,
     columns += extra_columns
     conditions = []
     if where is not None:
-        conditions.append(total_predicate(where))
+        conditions.append(total_where(where, scope))
     if key_release.mode == "public" and filter_keys:
         for k in keys:
             conditions.append(_in_public_keys(k))
@@ -462,7 +463,8 @@ def _filter_keys_early(scope: QueryScope, key_release: KeyRelease, direct: bool)
 
     Early (on rows, in src) when a unit's groups are chosen by the L0 window: a group with
     a non-public key must not use up one of the unit's max_groups_per_unit slots. Otherwise
-    late (HAVING on the final groups), which is cheaper: testing every row's key against
+    late (HAVING on the final groups, with a never-true aggregate term so the optimizer
+    cannot push it back onto the rows), which is cheaper: testing every row's key against
     the key set costs more than the aggregation itself (an IN over strings per row), while
     the groups are few. Both release the same cells with the same sensitivity: a unit still
     touches at most min(L0, public cells) released cells, each by at most Linf, and groups
@@ -491,8 +493,16 @@ def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: 
     key_cols = [_col(k.output) for k in keys]
     late_filter = None
     if key_release.mode == "public" and keys and not early:
-        late_filter = exp.and_(*[_in_public_keys(k, _col(k.output)) for k in keys])
+        # The aggregate term is never true (a count is never negative), so this keeps exactly
+        # the public groups; it is there because a HAVING on group keys alone is pushed below
+        # the aggregation by the optimizer (DuckDB does), back onto every row, where the
+        # string IN test cost as much as the aggregation itself (+40-70% per query).
+        late_filter = exp.or_(exp.and_(*[_in_public_keys(k, _col(k.output)) for k in keys]),
+                              exp.LT(this=exp.Count(this=exp.Star()),
+                                     expression=exp.Literal.number(0)))
 
+    if direct and any(m.kind == "units" for m in measures):
+        return _direct_two_level(src, key_cols, measures, value_columns, late_filter)
     if direct:
         final_aggs = [exp.alias_(_direct_aggregate(m, value_columns), m.name, quoted=True)
                       for m in measures]
@@ -584,6 +594,31 @@ def _per_unit_contribution(m: Measure, value_columns: dict[str, str], scope: Que
     mean = exp.func("COALESCE", exp.func("AVG", value), exp.Literal.number(0))
     return exp.Cast(this=exp.func("ROUND", exp.Mul(this=mean, expression=capped_rows)),
                     to=exp.DataType.build("BIGINT"))
+
+
+def _direct_two_level(src: exp.Select, key_cols, measures, value_columns: dict[str, str],
+                      late_filter) -> exp.Select:
+    """The direct path when a measure counts distinct units (threshold keys, COUNT(DISTINCT
+    unit)): partial aggregates per (unit, keys), then one row per unit per group. Equal to
+    COUNT(DISTINCT) and the plain aggregates (sums of integer partials are exact), and about
+    twice as fast in DuckDB as a COUNT(DISTINCT) next to them."""
+    partials: list[exp.Expression] = []
+    finals: list[exp.Expression] = []
+    for m in measures:
+        if m.kind == "units":
+            finals.append(exp.alias_(exp.Count(this=exp.Star()), m.name, quoted=True))
+            continue
+        partial = _direct_aggregate(m, value_columns)
+        partials.append(exp.alias_(partial, f"p_{m.name}", quoted=True))
+        finals.append(exp.alias_(exp.func("SUM", _col(f"p_{m.name}")), m.name, quoted=True))
+    per_unit = exp.select(_col(UNIT), *[c.copy() for c in key_cols], *partials).from_("src") \
+        .group_by(_col(UNIT), *[c.copy() for c in key_cols])
+    result = exp.select(*[c.copy() for c in key_cols], *finals).from_("per_unit")
+    if key_cols:
+        result = result.group_by(*[c.copy() for c in key_cols])
+    if late_filter is not None:
+        result = result.having(late_filter)
+    return result.with_("src", as_=src).with_("per_unit", as_=per_unit)
 
 
 def _direct_aggregate(m: Measure, value_columns: dict[str, str]):

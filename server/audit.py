@@ -183,11 +183,14 @@ class AuditLog:
                 datasets: set[str] | None = None, action: str | None = None,
                 decision: str | None = None, channel: str | None = None,
                 since: str | None = None, until: str | None = None, after_seq: int = 0,
-                limit: int = 100, include_unscoped: bool = True) -> list[dict]:
+                limit: int = 100, include_unscoped: bool = True,
+                owned_since: dict[str, str] | None = None) -> list[dict]:
         """Records matching every given filter, oldest first.
 
         `datasets` restricts to records about those datasets (an owner's view); records with no
         dataset (logins, user admin) are kept only when `include_unscoped`.
+        `owned_since` ({dataset: ISO time}) further keeps a dataset's records only from that
+        time on: an owner's view starts when they were granted `own` (see read_audit).
         """
         clauses, args = ["seq > ?"], [int(after_seq)]
         for column, value in (("actor", actor), ("dataset", dataset), ("action", action),
@@ -205,6 +208,12 @@ class AuditLog:
             scoped = f"dataset IN ({','.join('?' * len(datasets))})" if datasets else "0"
             clauses.append(f"({scoped} OR dataset IS NULL)" if include_unscoped else scoped)
             args.extend(sorted(datasets))
+        if owned_since is not None:
+            # One JSON parameter, whatever the number of datasets. Timestamps are all
+            # datetime.now(timezone.utc).isoformat() text, which sorts chronologically.
+            clauses.append("(dataset IS NULL OR EXISTS (SELECT 1 FROM json_each(?) AS o "
+                           "WHERE o.key = audit.dataset AND audit.ts >= o.value))")
+            args.append(json.dumps({str(k): str(v) for k, v in owned_since.items()}))
         limit = max(1, min(int(limit), 10_000))
         with self._connection() as conn:
             rows = conn.execute(

@@ -25,6 +25,25 @@ def _env_int(name: str, default: int) -> int:
         raise SystemExit(f"sqlgate: {name} must be an integer port") from None
 
 
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SystemExit(f"sqlgate: {name} must be a number") from None
+
+
+def _env_flag(name: str) -> bool:
+    raw = (os.environ.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise SystemExit(f"sqlgate: {name} must be 1 or 0")
+
+
 def add_commands(sub) -> None:
     serve = sub.add_parser("serve", help="run the HTTP API (and PG wire when available)")
     serve.add_argument("--host", default=os.environ.get("SQLGATE_HOST", DEFAULT_HOST),
@@ -45,6 +64,31 @@ def add_commands(sub) -> None:
     serve.add_argument("--max-concurrent", type=int,
                        default=_env_int("SQLGATE_MAX_CONCURRENT", 4),
                        help="queries in flight per user")
+    serve.add_argument("--allow-insecure-passwords", action="store_true",
+                       default=_env_flag("SQLGATE_ALLOW_INSECURE_PASSWORDS"),
+                       help="accept passwords (HTTP Basic, console sign-in) over plain HTTP "
+                            "from other hosts (env SQLGATE_ALLOW_INSECURE_PASSWORDS=1; "
+                            "default: refused, use TLS or tokens)")
+    serve.add_argument("--max-pending-requests", type=int,
+                       default=_env_int("SQLGATE_MAX_PENDING_REQUESTS", 100),
+                       help="pending approval requests per analyst (env "
+                            "SQLGATE_MAX_PENDING_REQUESTS; default 100)")
+    serve.add_argument("--max-upload-sessions", type=int,
+                       default=_env_int("SQLGATE_MAX_UPLOAD_SESSIONS", 8),
+                       help="open upload sessions per owner (env SQLGATE_MAX_UPLOAD_SESSIONS; "
+                            "default 8)")
+    serve.add_argument("--max-upload-total-bytes", type=int,
+                       default=_env_int("SQLGATE_MAX_UPLOAD_TOTAL_BYTES", 16 << 30),
+                       help="bytes all open uploads may hold on disk together (env "
+                            "SQLGATE_MAX_UPLOAD_TOTAL_BYTES; default 16 GiB)")
+    serve.add_argument("--pg-startup-timeout", type=float,
+                       default=_env_float("SQLGATE_PG_STARTUP_TIMEOUT", 10.0),
+                       help="seconds a PG wire client has to finish logging in (env "
+                            "SQLGATE_PG_STARTUP_TIMEOUT; default 10)")
+    serve.add_argument("--pg-max-unauthenticated", type=int,
+                       default=_env_int("SQLGATE_PG_MAX_UNAUTHENTICATED", 32),
+                       help="PG wire connections one address may hold before logging in; "
+                            "loopback exempt (env SQLGATE_PG_MAX_UNAUTHENTICATED; default 32)")
     serve.add_argument("--ledger-dsn", default=os.environ.get("SQLGATE_LEDGER_DSN") or None,
                        help="PostgreSQL conninfo of the privacy ledger (env SQLGATE_LEDGER_DSN; "
                             "default: SQLite in the home)")
@@ -116,14 +160,22 @@ def _read_password() -> str:
 
 
 def _serve(args) -> int:
-    from server.serve import announce, ensure_admin, plugin_routes, serve
+    from server.serve import (announce, ensure_admin, plaintext_warning, plugin_routes,
+                              serve)
     from server.state import ServerState
 
     with ServerState.open(Path(args.home), statement_timeout_s=args.statement_timeout,
                           max_body_bytes=args.max_body_bytes,
                           max_upload_bytes=args.max_upload_bytes,
                           max_concurrent_per_user=args.max_concurrent,
-                          ledger_dsn=args.ledger_dsn) as state:
+                          ledger_dsn=args.ledger_dsn,
+                          allow_insecure_passwords=args.allow_insecure_passwords,
+                          max_pending_requests_per_user=args.max_pending_requests,
+                          max_upload_sessions_per_owner=args.max_upload_sessions,
+                          max_upload_total_bytes=args.max_upload_total_bytes,
+                          pg_startup_timeout_s=args.pg_startup_timeout,
+                          pg_max_unauthenticated_per_address=args.pg_max_unauthenticated
+                          ) as state:
         token = ensure_admin(state)
         if token:
             print("sqlgate: created user 'admin' (first start). Its token, shown once and saved "
@@ -131,6 +183,10 @@ def _serve(args) -> int:
             print(f"sqlgate: admin token: {token}", flush=True)
         # uvicorn shuts down gracefully on SIGINT/SIGTERM, then re-raises the signal: turn
         # that into a normal exit so the state (engine, files) is closed cleanly.
+        warning = plaintext_warning(args.host, bool(args.ssl_certfile and args.ssl_keyfile),
+                                    args.allow_insecure_passwords)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         previous = {sig: signal.signal(sig, _stop_requested)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         extra = [] if args.no_plugins else list(plugin_routes(state))

@@ -27,7 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from server.sqlite_db import sqlite_connection
-from sqlgate.errors import Conflict, InvalidParameter, NotFound, SqlgateError
+from sqlgate.errors import (Conflict, InvalidParameter, NotFound, SqlgateError,
+                            TooManyRequests)
 
 KINDS = ("exact", "sample", "training")
 STATUSES = ("pending", "approved", "running", "done", "failed", "denied", "fetched")
@@ -177,7 +178,10 @@ class RequestStore:
     # ------------------------------------------------------------ analyst
 
     def create(self, *, requester: str, dataset: str, kind: str, sql: str, purpose: str,
-               spec: dict | None = None) -> ApprovalRequest:
+               spec: dict | None = None, max_pending: int | None = None) -> ApprovalRequest:
+        """A new pending request. With `max_pending`, a requester who already has that many
+        pending requests is refused (TooManyRequests, 429): each one holds disk and an
+        owner's attention until decided."""
         if kind not in KINDS:
             raise InvalidParameter(f"kind must be one of {', '.join(KINDS)}")
         _text(sql, "sql", MAX_SQL_CHARS)
@@ -190,6 +194,16 @@ class RequestStore:
         now = _now()
         request_id = uuid.uuid4().hex
         with self._connection(write=True) as conn:
+            # Counted inside the write transaction: parallel creates cannot overshoot.
+            if max_pending is not None:
+                (pending,) = conn.execute(
+                    "SELECT COUNT(*) FROM requests WHERE requester = ? AND status = 'pending'",
+                    (requester,)).fetchone()
+                if pending >= max_pending:
+                    raise TooManyRequests(
+                        f"you already have {pending} pending requests (the limit is "
+                        f"{max_pending}); wait for an owner to decide some first",
+                        details={"limit": max_pending, "pending": pending})
             conn.execute(
                 "INSERT INTO requests (id, kind, dataset, requester, sql, purpose, spec, status,"
                 " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",

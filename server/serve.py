@@ -139,6 +139,12 @@ async def serve_async(state, http_host: str = DEFAULT_HOST, http_port: int = DEF
                 options["login_throttle"] = getattr(state, "login_throttle", None)
             if "pepper" in parameters:
                 options["pepper"] = scram_pepper(state.home)
+            config = getattr(state, "config", None)
+            for option, setting in (("startup_timeout_s", "pg_startup_timeout_s"),
+                                    ("max_unauthenticated_per_address",
+                                     "pg_max_unauthenticated_per_address")):
+                if option in parameters and hasattr(config, setting):
+                    options[option] = getattr(config, setting)
             pg = server_class(state.service, pg_host or http_host, pg_port, **options)
             await pg.start()
     try:
@@ -163,6 +169,22 @@ async def serve_async(state, http_host: str = DEFAULT_HOST, http_port: int = DEF
     finally:
         if pg is not None:
             await pg.close()
+
+
+def plaintext_warning(host: str, tls: bool, allow_insecure_passwords: bool) -> str | None:
+    """The startup warning for a server reachable from other hosts without TLS, else None."""
+    from server.netaddr import is_loopback_host
+
+    if tls or is_loopback_host(host):
+        return None
+    passwords = ("password logins over plain HTTP are ALLOWED (--allow-insecure-passwords): "
+                 "passwords cross the network in clear"
+                 if allow_insecure_passwords else
+                 "password logins over plain HTTP from other hosts are refused (use tokens, "
+                 "or --allow-insecure-passwords)")
+    return (f"sqlgate: WARNING: serving on {host} without TLS: queries, answers and bearer "
+            f"tokens cross the network unencrypted and a captured token can be replayed "
+            f"until revoked; {passwords}. Use --ssl-certfile/--ssl-keyfile or a TLS proxy.")
 
 
 def serve(state, http_host: str = DEFAULT_HOST, http_port: int = DEFAULT_HTTP_PORT,

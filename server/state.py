@@ -39,6 +39,17 @@ class ServerConfig:
     upload_ttl_s: float = 24 * 3600.0             # idle upload sessions are dropped
     engine_threads: int | None = None
     ledger_dsn: str | None = None                 # PostgreSQL privacy ledger; None: SQLite in home
+    # Passwords (HTTP Basic, console sign-in) over plain HTTP from non-loopback clients are
+    # refused unless this is set (server.http.transport).
+    allow_insecure_passwords: bool = False
+    # Disk quotas: each pending request and each upload session holds disk until someone acts.
+    max_pending_requests_per_user: int = 100      # 429 beyond it
+    max_upload_sessions_per_owner: int = 8        # open sessions per uploader; 429 beyond it
+    max_upload_total_bytes: int = 16 << 30        # all open sessions together; 413 beyond it
+    # PG wire: time to finish startup + authentication, and how many connections one client
+    # address (loopback exempt) may hold before authenticating.
+    pg_startup_timeout_s: float = 10.0
+    pg_max_unauthenticated_per_address: int = 32
 
     @classmethod
     def from_options(cls, **options: Any) -> "ServerConfig":
@@ -48,11 +59,15 @@ class ServerConfig:
             raise InvalidParameter(f"unknown server option(s): {', '.join(unknown)}")
         config = cls(**options)
         for name in ("max_body_bytes", "max_upload_bytes", "max_concurrent_per_user",
-                     "exact_row_limit", "sample_row_limit", "mock_row_limit"):
+                     "exact_row_limit", "sample_row_limit", "mock_row_limit",
+                     "max_pending_requests_per_user", "max_upload_sessions_per_owner",
+                     "max_upload_total_bytes", "pg_max_unauthenticated_per_address"):
             value = getattr(config, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidParameter(f"server option {name} must be a positive integer")
-        for name in ("statement_timeout_s", "upload_ttl_s"):
+        if not isinstance(config.allow_insecure_passwords, bool):
+            raise InvalidParameter("server option allow_insecure_passwords must be a boolean")
+        for name in ("statement_timeout_s", "upload_ttl_s", "pg_startup_timeout_s"):
             value = getattr(config, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise InvalidParameter(f"server option {name} must be a positive number")
@@ -101,7 +116,9 @@ class ServerState:
                                      max_concurrent_per_user=cfg.max_concurrent_per_user)
             requests = RequestStore(home / "requests.sqlite")
             uploads = UploadSessions(home / "uploads", max_file_bytes=cfg.max_upload_bytes,
-                                     ttl_s=cfg.upload_ttl_s)
+                                     ttl_s=cfg.upload_ttl_s,
+                                     max_sessions_per_owner=cfg.max_upload_sessions_per_owner,
+                                     max_total_bytes=cfg.max_upload_total_bytes)
         except BaseException:
             gateway.close()
             raise

@@ -179,9 +179,28 @@ def _dataset_list(args) -> int:
 
 def _dataset_drop(args) -> int:
     with _gateway(args) as gateway:
-        gateway.drop_dataset(args.name)
-        print(f"dropped dataset '{args.name}'")
+        name = gateway.dataset(args.name).name
+        gateway.drop_dataset(name)
+        print(f"dropped dataset '{name}'")
+    _forget_server_state(Path(args.home), name)
     return 0
+
+
+def _forget_server_state(home: Path, dataset: str) -> None:
+    """A served domain also keeps grants and requests for the dataset: drop them too."""
+    try:
+        from server.auth import UserStore
+        from server.dataset_drop import forget_dropped_dataset
+        from server.requests import RequestStore
+    except ImportError:
+        return
+    if not (home / "users.sqlite").exists():
+        return
+    denied = forget_dropped_dataset(UserStore(home / "users.sqlite"),
+                                    RequestStore(home / "requests.sqlite"), dataset,
+                                    os.environ.get("USER") or "cli")
+    print(f"revoked every grant on '{dataset}'" + (f"; denied {denied} pending request(s)"
+                                                  if denied else ""))
 
 
 def _budget_show(args) -> int:

@@ -1,7 +1,8 @@
 """The console's own endpoints, for what the /v1 API does not offer a browser:
 
     POST /console/api/login    {name, password} -> {token, user}   password for a new token
-                               (failures throttled per name and address: 429)
+                               (failures throttled per name and address: 429; refused over
+                               plain HTTP from another host: 403 insecure_transport)
     POST /console/api/logout   (bearer)         -> {}              revokes that token
     GET  /console/api/spend?dataset=D (bearer, owner of D)
          -> {dataset, analysts: [...], charges: [{analyst, at, epsilon, delta, rho, measure}]}
@@ -23,6 +24,8 @@ from starlette.routing import Route
 
 from server.console.security import security_headers
 from server.console.throttle import LoginThrottle
+from server.http.transport import (InsecureTransport, insecure_passwords_allowed,
+                                   require_password_transport)
 from server.service import Caller
 from sqlgate.errors import (AuthenticationFailed, InvalidParameter, LimitExceeded, NotFound,
                             SqlgateError, TooManyRequests)
@@ -37,6 +40,7 @@ def api_routes(state: Any, *, prefix: str = "/console/api",
     users, service = state.users, state.service
     # One throttle for every password front end of the server (see ServerState).
     throttle = throttle or getattr(state, "login_throttle", None) or LoginThrottle()
+    allow_insecure = insecure_passwords_allowed(state)
 
     def source(request: Request) -> str | None:
         return f"{request.client.host}:{request.client.port}" if request.client else None
@@ -46,6 +50,14 @@ def api_routes(state: Any, *, prefix: str = "/console/api",
         return Caller(user, CHANNEL, source(request))
 
     async def login(request: Request) -> Response:
+        try:
+            # Refused before the body is read: a password sent in clear from another host is
+            # not accepted, right or wrong, and does not count as a failed sign-in.
+            require_password_transport(request, allow_insecure)
+        except InsecureTransport as err:
+            await run_in_threadpool(service.record, None, "login", "refused", channel=CHANNEL,
+                                    source=source(request), code=err.code)
+            raise
         body = await _json_body(request)
         name, password = body.get("name"), body.get("password")
         if not isinstance(name, str) or not isinstance(password, str) or not name or not password:

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from server.audit import AuditEvent
 from server.auth import User
 from server.http.errors import error_response, json_response
+from server.http.transport import insecure_passwords_allowed, require_password_transport
 from server.service import Caller
 from sqlgate.errors import (AuthenticationFailed, InvalidParameter, LimitExceeded,
                             PermissionDenied, SqlgateError, TooManyRequests)
@@ -102,6 +103,9 @@ def authenticate(state, request: Request) -> User:
     if scheme == "bearer":
         return state.users.authenticate_token(value.strip())
     if scheme == "basic":
+        # Before decoding or checking anything: a password sent in clear from another host
+        # is refused whether it is right or wrong (and never counts as a failed login).
+        require_password_transport(request, insecure_passwords_allowed(state))
         try:
             decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):

@@ -145,11 +145,31 @@ def read_audit(call: Call):
     limit = call.int_query("limit", 100, 1, 10_000)
     scope = {}
     if not call.user.is_admin:
-        # Owners see records about their datasets only, not other users' logins or admin work.
-        scope = {"datasets": call.state.service.owned(call.caller), "include_unscoped": False}
+        # Owners see records about their datasets only, not other users' logins or admin work,
+        # and only records made while they held `own`: from the time of their current grant.
+        # Dropping a dataset deletes its grants, so whoever uploads a new dataset under the
+        # same name gets a fresh grant and cannot read the old dataset's history (who queried
+        # it, what SQL, which requests). A revoked-then-regranted owner also starts afresh:
+        # the conservative choice, as we cannot tell what happened in between.
+        owned = call.state.service.owned(call.caller)
+        since = _own_granted_at(call.state.users, call.user.name, owned)
+        scope = {"datasets": set(since), "include_unscoped": False, "owned_since": since}
     records = call.state.audit.records(**filters, after_seq=after, limit=limit, **scope)
     call.audit.update(details={"returned": len(records)})
     return {"records": records, "head": call.state.audit.head()}
+
+
+def _own_granted_at(users, name: str, owned: set[str]) -> dict[str, str]:
+    """{dataset: when `name` was granted own on it} for the datasets in `owned`. Grants are
+    matched case-insensitively (like dataset names); with several, the latest counts."""
+    latest: dict[str, str] = {}
+    for grant in users.grants():
+        if grant["user"] == name and grant["permission"] == "own":
+            key = grant["dataset"].lower()
+            if grant["granted_at"] > latest.get(key, ""):
+                latest[key] = grant["granted_at"]
+    return {dataset: latest[dataset.lower()] for dataset in owned
+            if dataset.lower() in latest}
 
 
 def verify_audit(call: Call):

@@ -11,6 +11,7 @@ import math
 from starlette.responses import Response
 from starlette.routing import Route
 
+from server.dataset_drop import forget_dropped_dataset
 from server.http.endpoint import Call, endpoint
 from server.http.output import choose_format
 from server.http.uploads import format_for
@@ -86,26 +87,9 @@ def drop_dataset(call: Call):
     name = call.state.service.require(call.caller, call.param("name"), "own")
     call.audit.update(dataset=name)
     call.state.gateway.drop_dataset(name)
-    call.state.users.revoke_dataset(name)
-    denied = _deny_pending_requests(call, name)
+    denied = forget_dropped_dataset(call.state.users, call.state.requests, name, call.user.name)
     call.audit.update(details={"denied_requests": denied})
     return {"dropped": name}
-
-
-def _deny_pending_requests(call: Call, dataset: str) -> int:
-    """Pending requests were made against the dropped data: they must not stay approvable
-    by whoever later uploads a dataset under the same name (whose analysts never asked)."""
-    store, denied = call.state.requests, 0
-    while True:
-        pending = store.list(datasets={dataset}, status="pending", limit=1000)
-        if not pending:
-            return denied
-        for request in pending:
-            try:
-                store.deny(request.id, call.user.name, "the dataset was dropped")
-                denied += 1
-            except Conflict:
-                pass   # decided meanwhile by someone else
 
 
 # ---------------------------------------------------------------- budgets

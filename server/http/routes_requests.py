@@ -68,8 +68,9 @@ def create_request(call: Call):
         check_training_request(call.state.gateway, name, sql, spec)
     if kind == "sample":
         approvals.sample_rows(spec, call.state.config.sample_row_limit)
-    request = call.state.requests.create(requester=call.user.name, dataset=name, kind=kind,
-                                         sql=sql, purpose=purpose, spec=spec)
+    request = call.state.requests.create(
+        requester=call.user.name, dataset=name, kind=kind, sql=sql, purpose=purpose, spec=spec,
+        max_pending=call.state.config.max_pending_requests_per_user)
     call.audit.update(details={"request_id": request.id, "kind": kind})
     return request.to_dict()
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import AsyncIterator
 
-from sqlgate.errors import Conflict, InvalidParameter, LimitExceeded, NotFound
+from sqlgate.errors import (Conflict, InvalidParameter, LimitExceeded, NotFound,
+                            TooManyRequests)
 from sqlgate.metadata import DatasetMeta
 
 FORMATS = ("csv", "parquet")
@@ -83,10 +84,16 @@ def format_for(table_source: str | None, requested: str | None, content_type: st
 
 
 class UploadSessions:
-    def __init__(self, root: str | Path, *, max_file_bytes: int, ttl_s: float):
+    def __init__(self, root: str | Path, *, max_file_bytes: int, ttl_s: float,
+                 max_sessions_per_owner: int | None = None, max_total_bytes: int | None = None):
+        """`max_sessions_per_owner` bounds the open sessions of one uploader (429 beyond);
+        `max_total_bytes` bounds the bytes held on disk by all open sessions together (413
+        beyond), so uploads cannot fill the server's disk. None: no limit."""
         self.root = Path(root)
         self.max_file_bytes = int(max_file_bytes)
         self.ttl_s = float(ttl_s)
+        self.max_sessions_per_owner = max_sessions_per_owner
+        self.max_total_bytes = max_total_bytes
         self._lock = threading.Lock()
         self._sessions: dict[str, UploadSession] = {}
         # Files of sessions from an earlier run can never be committed: remove them.
@@ -107,6 +114,15 @@ class UploadSessions:
             files={name: UploadFile(name) for name in tables},
             source_hints={name: t.source for name, t in meta.tables.items()})
         with self._lock:
+            # Counted and inserted under one lock, so parallel creates cannot overshoot.
+            limit = self.max_sessions_per_owner
+            held = sum(1 for s in self._sessions.values() if s.owner == owner)
+            if limit is not None and held >= limit:
+                shutil.rmtree(directory, ignore_errors=True)
+                raise TooManyRequests(
+                    f"you already have {held} open upload sessions (the limit is {limit}); "
+                    f"commit or abort one (DELETE /v1/uploads/{{id}}) first",
+                    details={"limit": limit, "open_sessions": held})
             self._sessions[session_id] = session
         return session
 
@@ -136,6 +152,9 @@ class UploadSessions:
                                     f"{self.max_file_bytes} bytes",
                                     details={"limit_bytes": self.max_file_bytes})
             self._forget_file(upload)
+            if declared_length is not None:
+                with self._lock:
+                    self._check_total(declared_length)
             path = session.directory / f"{upload.table}.{fmt}"
             upload.format, upload.path = fmt, path
             try:
@@ -147,8 +166,12 @@ class UploadSessions:
                             raise LimitExceeded(f"the file is larger than the limit of "
                                                 f"{self.max_file_bytes} bytes",
                                                 details={"limit_bytes": self.max_file_bytes})
+                        with self._lock:
+                            # Check and count together (before writing): concurrent PUTs
+                            # cannot both pass the total cap.
+                            self._check_total(len(chunk))
+                            upload.bytes_received += len(chunk)
                         handle.write(chunk)
-                        upload.bytes_received += len(chunk)
                         session.touched = time.monotonic()
             except BaseException:
                 self._forget_file(upload)
@@ -194,6 +217,23 @@ class UploadSessions:
             sessions = list(self._sessions.values())
         for session in sessions:
             self.discard(session)
+
+    def held_bytes(self) -> int:
+        """Bytes all open sessions hold on disk (complete files and files still streaming)."""
+        with self._lock:
+            return self._held_bytes()
+
+    def _held_bytes(self) -> int:
+        return sum(f.bytes_received for s in self._sessions.values() for f in s.files.values())
+
+    def _check_total(self, more: int) -> None:
+        """Under self._lock: refuse `more` bytes that would pass the total cap."""
+        limit = self.max_total_bytes
+        if limit is not None and self._held_bytes() + more > limit:
+            raise LimitExceeded(
+                f"open uploads on this server would hold more than {limit} bytes; commit or "
+                f"abort open uploads, or try again later",
+                details={"limit_bytes": limit, "scope": "all open uploads"})
 
     @staticmethod
     def _forget_file(upload: UploadFile) -> None:

@@ -24,6 +24,7 @@ from sqlgate.errors import (InvalidParameter, LimitExceeded, NotFound, QueryCanc
                             SqlgateError, SqlSyntaxError, TooManyRequests)
 
 if TYPE_CHECKING:
+    from server.pgwire.admission import Ticket
     from server.pgwire.server import PgWireServer
 
 log = logging.getLogger("sqlgate.pgwire")
@@ -50,8 +51,11 @@ class ProtocolError(SqlgateError):
 
 class Connection:
     def __init__(self, server: "PgWireServer", reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter):
+                 writer: asyncio.StreamWriter, ticket: "Ticket | None" = None):
         self.server = server
+        # This connection's place in the per-address count of unauthenticated connections;
+        # given back once authenticated (the server also releases it when we end).
+        self.ticket = ticket
         self.reader = reader
         self.writer = writer
         self.parser = codec.FrontendParser(max_message=_MAX_AUTH_MESSAGE)
@@ -102,6 +106,8 @@ class Connection:
                 return
             if not started:
                 return
+            if self.ticket is not None:
+                self.ticket.release()
             await self._serve()
         except ProtocolViolation as err:
             # Malformed, truncated or oversized input: tell the client once, then drop it.

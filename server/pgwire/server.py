@@ -10,6 +10,7 @@ import ssl
 import threading
 
 from server.pgwire import codec
+from server.pgwire.admission import DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, Admission
 from server.pgwire.connection import Connection
 
 log = logging.getLogger("sqlgate.pgwire")
@@ -19,11 +20,17 @@ class PgWireServer:
     def __init__(self, service, host: str = "127.0.0.1", port: int = 5433,
                  ssl_context: ssl.SSLContext | None = None,
                  statement_timeout_s: float | None = None, *, allow_cleartext: bool = False,
-                 max_connections: int = 256, startup_timeout_s: float = 30.0,
-                 login_throttle=None, pepper: bytes | None = None):
+                 max_connections: int = 256, startup_timeout_s: float = 10.0,
+                 login_throttle=None, pepper: bytes | None = None,
+                 max_unauthenticated_per_address: int | None =
+                 DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
+                 unauthenticated_cap_exempts_loopback: bool = True):
         """`allow_cleartext` lets clients send a password in clear, and only over TLS;
         without it (the default) SCRAM-SHA-256 is the only method. `max_connections` and
-        `startup_timeout_s` bound what unauthenticated or idle peers can hold."""
+        `startup_timeout_s` bound what unauthenticated or idle peers can hold;
+        `max_unauthenticated_per_address` (None: no cap) bounds the connections one address
+        (IPv6: one /64) may hold before authenticating, loopback exempt unless
+        `unauthenticated_cap_exempts_loopback` is False (see server.pgwire.admission)."""
         self.service = service
         self.host = host
         self.port = port
@@ -35,6 +42,8 @@ class PgWireServer:
         # The server's LoginThrottle (ServerState.login_throttle), shared with the HTTP front
         # ends: repeated failed logins of a name from an address are refused for a while.
         self.login_throttle = login_throttle
+        self.admission = Admission(limit=max_unauthenticated_per_address,
+                                   exempt_loopback=unauthenticated_cap_exempts_loopback)
         self._open = 0
         # Secret behind the made-up SCRAM salts of unknown users. Pass a persistent one
         # (serve() keeps it in HOME): a per-process pepper changes those salts at every
@@ -79,16 +88,25 @@ class PgWireServer:
         task = asyncio.current_task()
         self._tasks.add(task)
         self._open += 1
+        ticket = None
         try:
             if self._open > self.max_connections:
                 await _refuse(writer, "53300", "sorry, too many clients already")
                 return
-            await Connection(self, reader, writer).run()
+            peer = writer.get_extra_info("peername") or ("?", 0)
+            ticket = self.admission.admit(str(peer[0]))
+            if ticket is None:
+                await _refuse(writer, "53300", "too many connections from this address are "
+                                               "still authenticating; try again shortly")
+                return
+            await Connection(self, reader, writer, ticket).run()
         except asyncio.CancelledError:
             pass
         except Exception:  # noqa: BLE001 - one connection's failure never stops the server
             log.exception("pgwire: connection failed")
         finally:
+            if ticket is not None:
+                ticket.release()
             self._open -= 1
             self._tasks.discard(task)
 

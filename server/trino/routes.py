@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.http.transport import insecure_passwords_allowed, require_password_transport
 from server.service import Caller, GatewayService
 from sqlgate.errors import (AuthenticationFailed, InvalidParameter, LimitExceeded,
                             NotFound, SqlgateError, TooManyRequests)
@@ -55,7 +56,9 @@ def routes(state_or_service: Any, options: TrinoOptions | None = None) -> list[R
     """Starlette routes for the Trino protocol, built on a ServerState or GatewayService."""
     service: GatewayService = getattr(state_or_service, "service", state_or_service)
     protocol = TrinoProtocol(service, options or TrinoOptions(),
-                             throttle=getattr(state_or_service, "login_throttle", None))
+                             throttle=getattr(state_or_service, "login_throttle", None),
+                             allow_insecure_passwords=insecure_passwords_allowed(
+                                 state_or_service))
     return [
         Route("/v1/statement", protocol.post_statement, methods=["POST"]),
         Route("/v1/statement/executing/{query_id}/{slug}/{token:int}", protocol.next_page,
@@ -68,10 +71,14 @@ def routes(state_or_service: Any, options: TrinoOptions | None = None) -> list[R
 
 
 class TrinoProtocol:
-    def __init__(self, service: GatewayService, options: TrinoOptions, *, throttle=None):
+    def __init__(self, service: GatewayService, options: TrinoOptions, *, throttle=None,
+                 allow_insecure_passwords: bool = False):
         self.service = service
         self.options = options
         self.throttle = throttle
+        # Basic auth over plain HTTP from another host is refused unless the operator
+        # allowed it (server.http.transport).
+        self.allow_insecure_passwords = allow_insecure_passwords
         self.store = QueryStore(max_queries=options.max_queries, ttl_s=options.ttl_s)
 
     # ------------------------------------------------------------ endpoints
@@ -157,15 +164,17 @@ class TrinoProtocol:
         """The user, or the 401/429 response to send; refusals are audited like /v1's."""
         address = request.client.host if request.client else "?"
         try:
-            return await run_in_threadpool(authenticate, request.headers, self.service.users,
-                                           throttle=self.throttle, address=address)
+            return await run_in_threadpool(
+                authenticate, request.headers, self.service.users, throttle=self.throttle,
+                address=address, password_check=lambda: require_password_transport(
+                    request, self.allow_insecure_passwords))
         except (AuthenticationFailed, TooManyRequests) as err:
             await run_in_threadpool(
                 self.service.record, None, "auth", "refused", channel="trino",
                 actor=_claimed_name(request.headers), source=_source(request), code=err.code,
                 details={"method": request.method, "path": request.url.path})
-            if isinstance(err, TooManyRequests):
-                return JSONResponse({"error": err.to_dict()}, status_code=429)
+            if err.http_status != 401:     # 429 throttled, 403 password in clear
+                return JSONResponse({"error": err.to_dict()}, status_code=err.http_status)
             return _unauthorized(err)
 
     # ------------------------------------------------------------ execution

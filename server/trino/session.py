@@ -12,7 +12,7 @@ import binascii
 import math
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from server.auth import User, UserStore
 from sqlgate.errors import AuthenticationFailed
@@ -43,14 +43,18 @@ class TrinoSession:
 
 
 def authenticate(headers: Mapping[str, str], users: UserStore, *, throttle=None,
-                 address: str = "?") -> User:
+                 address: str = "?", password_check: Callable[[], None] | None = None) -> User:
     """The user behind a request, from basic auth or a bearer token; raises
     AuthenticationFailed (HTTP 401) otherwise. With a `throttle` (the server's LoginThrottle),
-    repeated password failures of a name from an address are refused (TooManyRequests)."""
+    repeated password failures of a name from an address are refused (TooManyRequests).
+    `password_check` runs before any basic credentials are looked at and may refuse them
+    (the routes refuse passwords sent in clear from other hosts: InsecureTransport)."""
     header = headers.get("authorization") or ""
     scheme, _, credentials = header.partition(" ")
     scheme = scheme.lower()
     if scheme == "basic":
+        if password_check is not None:
+            password_check()
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):

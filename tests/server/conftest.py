@@ -83,6 +83,9 @@ class Domain:
     tokens: dict[str, str]
 
     def client(self, user: str | None = None, **kwargs) -> TestClient:
+        # A loopback peer, as a local client really is (TestClient's default peer name
+        # "testclient" is no address, so password logins over its plain HTTP are refused).
+        kwargs.setdefault("client", ("127.0.0.1", 50000))
         client = TestClient(self.app, raise_server_exceptions=False, **kwargs)
         if user is not None:
             client.headers["Authorization"] = f"Bearer {self.tokens[user]}"

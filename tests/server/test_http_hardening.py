@@ -33,3 +33,25 @@ def test_dropping_a_dataset_denies_its_pending_requests(domain):
                  "conflict")
     [record] = domain.state.audit.records(action="datasets.drop")
     assert record["details"]["denied_requests"] == 1
+
+
+def test_cli_drop_also_revokes_grants_and_denies_pending_requests(tmp_path, capsys):
+    """`sqlgate dataset drop` on a served domain leaves no grant and no approvable request."""
+    from server.state import ServerState
+    from sqlgate.cli import main
+    from tests.server.conftest import make_domain
+
+    home = tmp_path / "home"
+    domain = make_domain(home)
+    request = domain.state.requests.create(requester="ann", dataset="hospital", kind="exact",
+                                           sql="SELECT COUNT(*) FROM patients", purpose="p")
+    domain.state.close()
+    assert main(["--home", str(home), "dataset", "drop", "hospital"]) == 0
+    assert "denied 1 pending request" in capsys.readouterr().out
+    again = ServerState.open(home)
+    try:
+        assert again.users.grants("hospital") == []
+        assert again.requests.get(request.id).status == "denied"
+        assert again.users.grants("shop")      # other datasets keep theirs
+    finally:
+        again.close()

@@ -27,7 +27,7 @@ def _basic(name: str, password: str) -> dict:
 def app_client(domain):
     app = create_app(domain.state, extra_routes=[*trino_routes(domain.state),
                                                  *console_routes(domain.state)])
-    return TestClient(app, raise_server_exceptions=False)
+    return TestClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000))
 
 
 def test_http_basic_guessing_is_throttled(domain, app_client):
