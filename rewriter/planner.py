@@ -29,7 +29,7 @@ from sqlglot import exp
 from rewriter.aggregates import AggregateUse, BaseMeasure, classify_aggregate, is_aggregate
 from rewriter.flatten import flatten
 from rewriter.plan import DPPlan, KeyRelease, Measure, OutputColumnSpec, QuantileMeasure, Sensitivity
-from rewriter.rowexpr import (ALLOWED_ROW_NODES, _describe, check_row_expression, total_predicate,
+from rewriter.rowexpr import (ALLOWED_ROW_NODES, _describe, check_row_expression,
                               total_where)
 from rewriter.scope import QueryScope, TableResolver, build_scope
 from sqlgate.errors import PolicyRefused, UnsupportedQuery

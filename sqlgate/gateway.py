@@ -30,12 +30,12 @@ from rewriter.parse import parse_select
 from rewriter.plan import DPPlan
 from sqlgate import release as noise
 from sqlgate.catalog import Catalog, DatasetEntry
-from sqlgate.errors import (ExecutionFailed, InvalidParameter, PolicyRefused, SqlgateError,
-                            UndefinedTable, UnsupportedQuery)
+from sqlgate.errors import InvalidParameter, PolicyRefused, UndefinedTable, UnsupportedQuery
 from sqlgate.executor import DuckDBExecutor, sandboxed_duckdb
 from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
 from sqlgate.mock import mock_table
 from sqlgate.plan_cache import PlanCache, PlannedQuery
+from sqlgate.postprocess import POSTPROCESS_MEMORY_LIMIT, type_from_engine, typed_keys
 from sqlgate.results import DPResult, ExactResult, Explanation, OutputColumn
 
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0
@@ -268,9 +268,7 @@ class Gateway:
         """A per-thread engine that only ever holds noisy values (post-processing)."""
         conn = getattr(self._post, "conn", None)
         if conn is None:
-            # It holds one row per released cell; the cap stops any expression that slips
-            # past the rewriter's allow-list from exhausting the server's memory.
-            conn = sandboxed_duckdb(None, threads=1, memory_limit="512MB")
+            conn = sandboxed_duckdb(None, threads=1, memory_limit=POSTPROCESS_MEMORY_LIMIT)
             self._post.conn = conn
         return conn
 
@@ -297,7 +295,7 @@ class Gateway:
         plan = planned.plan
         columns = []
         for spec, engine_type in zip(plan.outputs, planned.output_types):
-            type_name = spec.type or _type_from_engine(engine_type)
+            type_name = spec.type or type_from_engine(engine_type)
             ci = None
             if release_plan is not None and spec.measure is not None:
                 ci = release_plan.ci95(plan.measure(spec.measure))
@@ -309,7 +307,7 @@ class Gateway:
         rows, types = self._run_postprocess(planned.postprocess_sql, noisy)
         columns = []
         for index, (spec, engine_type) in enumerate(zip(plan.outputs, types)):
-            type_name = spec.type or _type_from_engine(engine_type)
+            type_name = spec.type or type_from_engine(engine_type)
             ci = None
             if spec.measure is not None:
                 ci = release_plan.ci95(plan.measure(spec.measure))
@@ -390,7 +388,7 @@ def _key_array(values: list, type_name: str) -> pa.Array:
             return pa.array(values, type=arrow_type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError, ValueError, OverflowError):
             pass
-    series = _typed_keys(pd.Series(values, dtype="object"), type_name)
+    series = typed_keys(pd.Series(values, dtype="object"), type_name)
     return pa.Array.from_pandas(series)
 
 
@@ -447,41 +445,12 @@ def _key_scalar(value):
 def _empty_noisy_table(plan: DPPlan) -> pd.DataFrame:
     frame = pd.DataFrame({name: [] for name in plan.keys.key_names})
     for i, name in enumerate(plan.keys.key_names):
-        frame[name] = _typed_keys(frame[name], plan.keys.key_types[i])
+        frame[name] = typed_keys(frame[name], plan.keys.key_types[i])
     for m in plan.measures:
         frame[m.name] = pd.Series([], dtype="int64")
     for q in plan.quantiles:
         frame[q.name] = pd.Series([], dtype="float64")
     return frame
-
-
-def _typed_keys(series: pd.Series, type_name: str) -> pd.Series:
-    if type_name == "int":
-        return series.astype("Int64")
-    if type_name == "float":
-        return series.astype("float64")
-    if type_name == "bool":
-        return series.astype("boolean")
-    if type_name == "date":
-        return pd.to_datetime(series).dt.date.astype("object") if len(series) else series.astype("datetime64[s]")
-    return series.astype("object") if len(series) else series.astype("string")
-
-
-def _as_int(value) -> int:
-    return 0 if value is None else int(value)
-
-
-def _type_from_engine(engine_type: str) -> str:
-    upper = engine_type.upper()
-    if any(t in upper for t in ("INT", "HUGEINT")):
-        return "int"
-    if any(t in upper for t in ("DOUBLE", "FLOAT", "DECIMAL", "REAL")):
-        return "float"
-    if "BOOL" in upper:
-        return "bool"
-    if "DATE" in upper or "TIMESTAMP" in upper:
-        return "date"
-    return "string"
 
 
 def _typical_ratio_ci(plan: DPPlan, release_plan, noisy: pa.Table, ratio_of) -> float | None:
@@ -533,3 +502,7 @@ def _python_type_name(rows: list[tuple], index: int) -> str:
             return "date"
         return "string"
     return "string"
+
+
+def _as_int(value) -> int:
+    return 0 if value is None else int(value)
