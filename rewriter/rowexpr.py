@@ -161,8 +161,18 @@ def _column_type(column: exp.Column, scope) -> str | None:
     return None if meta is None else meta.type
 
 
+_INT64 = 2 ** 63 - 1
+
+
 def _literal_of_type(node: exp.Expression, col_type: str) -> bool:
-    if col_type in _NUMERIC:
+    if col_type == "int":
+        # Only plain integers: a decimal literal makes DuckDB cast the BIGINT column to a
+        # DECIMAL(38, s), which fails on large values, i.e. on the data.
+        if not (isinstance(node, exp.Literal) and node.is_number):
+            return False
+        text = node.this.lstrip("+-")
+        return text.isdigit() and int(text) <= _INT64
+    if col_type == "float":
         return isinstance(node, exp.Literal) and node.is_number
     if col_type == "string":
         return isinstance(node, exp.Literal) and node.is_string

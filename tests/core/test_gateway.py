@@ -242,3 +242,33 @@ def test_out_of_range_epsilon_is_refused_before_anything_runs(gateway, epsilon):
             call("SELECT COUNT(*) FROM people", analyst="eps", epsilon=epsilon)
         assert "epsilon must be a number from" in err.value.message
     assert gateway.budget("eps", "town").queries == before
+
+
+@pytest.mark.parametrize("condition", [
+    "x > 1.000000000000000000000000000001",
+    "x BETWEEN 0.000000000000000000000000000001 AND 2",
+    "x IN (1.000000000000000000000000000001, 2)",
+    "x = y",
+    "x > 99999999999999999999999999999999999999999",
+])
+def test_bare_where_comparisons_cannot_fail_on_large_values(condition):
+    """A comparison left outside TRY() must not fail on any value: an int column against a
+    decimal literal is cast to DECIMAL(38, s) by DuckDB and overflows on large values, which
+    would make the query's failure depend on whether such a row exists."""
+    from sqlgate.gateway import Gateway
+    from sqlgate.metadata import parse_dataset
+
+    meta = parse_dataset({"dataset": "big", "budget": {"epsilon": 100, "delta": 1e-6},
+                          "tables": {"t": {"privacy_unit": "pid", "columns": {
+                              "pid": "int", "x": "int", "y": "float"}}}})
+    outcomes = []
+    for largest in (5, 10 ** 15):
+        with Gateway() as gw:
+            gw.add_dataset(meta, {"t": pd.DataFrame({"pid": [1, 2], "x": [1, largest],
+                                                     "y": [1.0, 2.0]})})
+            try:
+                gw.query(f"SELECT COUNT(*) FROM t WHERE {condition}", analyst="a")
+                outcomes.append("answered")
+            except SqlgateError as err:
+                outcomes.append(type(err).__name__)
+    assert outcomes == ["answered", "answered"]
