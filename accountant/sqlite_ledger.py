@@ -105,6 +105,11 @@ class SqliteLedger(Ledger):
             conn.execute("PRAGMA synchronous = FULL")
             conn.execute("PRAGMA foreign_keys = ON")
             local.conn, local.pid = conn, os.getpid()
+        if local.conn.in_transaction:
+            # A kept connection must never carry a transaction from an earlier call (e.g. a
+            # COMMIT that failed): its uncommitted charges would look committed to this
+            # thread, and it would hold the write lock against every other writer.
+            local.conn.execute("ROLLBACK")
         yield local.conn
 
     @contextlib.contextmanager
@@ -116,10 +121,14 @@ class SqliteLedger(Ledger):
                            hint=f"SQLite: {exc}") from None
         try:
             yield
+            conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            # Also when COMMIT itself failed (I/O error, full disk): the connection is kept
+            # for this thread, so the transaction must not stay open. SQLite may already have
+            # rolled it back, hence the check.
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
-        conn.execute("COMMIT")
 
     @contextlib.contextmanager
     def _read(self, conn: sqlite3.Connection) -> Iterator[None]:

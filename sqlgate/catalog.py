@@ -50,6 +50,11 @@ class Catalog:
     def entries(self) -> list[DatasetEntry]:
         return sorted(self._entries.values(), key=lambda e: e.meta.name)
 
+    def is_current(self, entry: DatasetEntry) -> bool:
+        """Whether `entry` is still the published version of its dataset."""
+        current = self._entries.get(entry.meta.name.lower())
+        return current is not None and current.version == entry.version
+
     def entry(self, name: str) -> DatasetEntry:
         found = self._entries.get(name.lower())
         if found is None:
@@ -99,22 +104,31 @@ class Catalog:
             for table in meta.tables.values():
                 if table.name not in sources and table.source is None:
                     raise MetadataError(f"tables.{table.name}.source", "no data given for this table")
+            previous = self._entries.get(key)
             conn = self._executor.connection.cursor()
             try:
                 conn.execute("BEGIN TRANSACTION")
                 conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{meta.name}"')
-                if key in self._entries:
-                    for old in self._entries[key].meta.tables.values():
+                if previous is not None:
+                    for old in previous.meta.tables.values():
                         conn.execute(f'DROP TABLE IF EXISTS "{meta.name}"."{old.name}"')
                 for table in meta.tables.values():
                     source = sources.get(table.name, table.source)
                     _load_table(conn, meta.name, table, source)
+                if previous is not None:
+                    # Retire the old version BEFORE the new data becomes visible: a query
+                    # planned against the old metadata that reads the new tables then finds
+                    # its version gone when it re-checks (Gateway.query), and is refused
+                    # before any noise or charge instead of releasing with stale bounds.
+                    self._entries[key] = DatasetEntry(previous.meta, f"replacing-{uuid.uuid4().hex}")
                 conn.execute("COMMIT")
             except BaseException:
                 try:
                     conn.execute("ROLLBACK")
                 except Exception:
                     pass
+                if previous is not None:
+                    self._entries[key] = previous
                 raise
             finally:
                 conn.close()

@@ -30,7 +30,8 @@ from rewriter.parse import parse_select
 from rewriter.plan import DPPlan
 from sqlgate import release as noise
 from sqlgate.catalog import Catalog, DatasetEntry
-from sqlgate.errors import InvalidParameter, PolicyRefused, UndefinedTable, UnsupportedQuery
+from sqlgate.errors import (Conflict, InvalidParameter, PolicyRefused, QueryCanceled,
+                            UndefinedTable, UnsupportedQuery)
 from sqlgate.executor import DuckDBExecutor, sandboxed_duckdb
 from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
 from sqlgate.mock import mock_table
@@ -158,6 +159,14 @@ class Gateway:
                 else {"as_frame": True}
             quantile_values = self.executor.run(plan.quantile_sql, timeout_s=self.statement_timeout_s,
                                                 cancel=cancel, **bulk)
+        if cancel is not None and cancel.is_set():
+            # Cancelled after the engine finished but before noise: nothing to pay for.
+            raise QueryCanceled("the query was cancelled before its answer was released")
+        if not self.catalog.is_current(entry):
+            # The dataset was replaced or dropped while the query ran: the plan's bounds may
+            # not hold for what the engine read. Nothing was drawn or charged yet.
+            raise Conflict(f"dataset '{meta.name}' was replaced while the query ran; run it "
+                           f"again")
         # Noise is drawn BEFORE the charge and released only AFTER it commits (rule 4 is
         # about release): the answer is stored in the charge's own transaction, one ledger
         # commit per query instead of two. If the charge is refused, the noisy answer is
@@ -174,8 +183,14 @@ class Gateway:
                               key_release=plan.keys.mode)
             answer = result.to_json_bytes()
         except BaseException:
-            self.accountant.charge(analyst, meta.name, release_plan.cost,
-                                   query_key=query_key, query_text=sql)
+            try:
+                self.accountant.charge(analyst, meta.name, release_plan.cost,
+                                       query_key=query_key, query_text=sql)
+            except BaseException as refused:
+                # The failure was not paid for: it must not ride along as this error's
+                # context (tracebacks and logs show it), since it may depend on the noise.
+                refused.__context__ = None
+                raise refused from None
             raise
         self.accountant.charge(analyst, meta.name, release_plan.cost, query_key=query_key,
                                query_text=sql, answer=answer)

@@ -8,13 +8,15 @@ writes that record itself (with the rewritten SQL and cost).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import inspect
 import json
+import threading
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -30,6 +32,9 @@ from sqlgate.errors import (AuthenticationFailed, InvalidParameter, LimitExceede
 
 CHANNEL = "http"
 Handler = Callable[["Call"], Any]
+T = TypeVar("T")
+# How often a long call checks whether its client went away (one cheap receive() each).
+DISCONNECT_POLL_S = 0.1
 
 
 @dataclass
@@ -133,6 +138,29 @@ def checked_password(state, name: str, password: str, address: str) -> User:
         raise
     throttle.succeeded(name, address)
     return user
+
+
+async def run_until_disconnect(request: Request, cancel: threading.Event,
+                               fn: Callable[[], T], *, poll_s: float = DISCONNECT_POLL_S) -> T:
+    """`fn()` in the thread pool; `cancel` is set as soon as the client disconnects (or this
+    request task is cancelled), so `fn` should pass it on to the engine.
+
+    The call is always awaited to its end: it stops at the cancel by itself, and whatever it
+    did before (a charge already committed) stands. Call only once the body has been read:
+    the polling consumes the request's receive channel.
+    """
+    task = asyncio.ensure_future(run_in_threadpool(fn))
+    try:
+        while not cancel.is_set():
+            done, _ = await asyncio.wait({task}, timeout=poll_s)
+            if done:
+                break
+            if await request.is_disconnected():
+                cancel.set()
+        return await task
+    except asyncio.CancelledError:
+        cancel.set()
+        raise
 
 
 async def read_body(request: Request, limit: int) -> bytes:

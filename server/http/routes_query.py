@@ -1,13 +1,18 @@
 """`/v1/query`, `/v1/explain`, `/v1/describe`: DP answers, their cost, their shape.
 
 All three go through `GatewayService`, which scopes the SQL to the caller's grants, limits
-concurrency and writes the audit record (with the rewritten SQL and cost).
+concurrency and writes the audit record (with the rewritten SQL and cost). `/v1/query` is
+cancelled when its client disconnects.
 """
 from __future__ import annotations
 
+import functools
+import threading
+
+from starlette.concurrency import run_in_threadpool
 from starlette.routing import Route
 
-from server.http.endpoint import Call, endpoint
+from server.http.endpoint import Call, endpoint, run_until_disconnect
 from server.http.output import choose_format, render
 
 
@@ -15,14 +20,18 @@ def _epsilon(call: Call) -> float | None:
     return call.field("epsilon", (int, float), required=False)
 
 
-def query(call: Call):
+async def query(call: Call):
     sql = call.field("sql")
     epsilon = _epsilon(call)
     fmt = choose_format(call.request, call.field("format", str, required=False)
                         or call.query("format"))
     call.audited = True
-    result = call.state.service.query(call.caller, sql, epsilon=epsilon)
-    return render(result, fmt)
+    # A client that goes away cancels its query: before the charge nothing is spent (the
+    # service audits it as query_canceled); after the charge the charge stands (rule 4).
+    cancel = threading.Event()
+    result = await run_until_disconnect(call.request, cancel, functools.partial(
+        call.state.service.query, call.caller, sql, epsilon=epsilon, cancel=cancel))
+    return await run_in_threadpool(render, result, fmt)
 
 
 def explain(call: Call):

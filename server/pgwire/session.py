@@ -19,6 +19,7 @@ import sqlglot
 from sqlglot import exp
 
 from rewriter.parse import MAX_SQL_LENGTH
+from server.catalog_audit import audited_catalog
 from server.pgwire import types as T
 from server.pgwire.catalog import SERVER_VERSION, SyntheticCatalog, VERSION_STRING
 from server.pgwire.sqltext import first_words, strip_comments
@@ -160,7 +161,11 @@ class Session:
             return self.run_session(plan.sql)
         self._check_transaction()
         if plan.kind == "catalog":
-            answer = self._run_catalog(plan)
+            # Audited like the Trino front end's catalog queries (describe is not: it is no
+            # statement the client ran).
+            with audited_catalog(self.service, self.caller, plan.sql) as record:
+                answer = self._run_catalog(plan)
+                record["rows_out"] = len(answer.rows)
             return Outcome(f"SELECT {len(answer.rows)}", answer.columns, answer.rows)
         result = self.service.query(self.caller, plan.sql, epsilon=self.epsilon, cancel=cancel)
         columns = [T.Column(c.name, T.SQLGATE_OIDS.get(c.type, T.TEXT)) for c in result.columns]

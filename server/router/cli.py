@@ -33,6 +33,14 @@ def add_commands(sub) -> None:
     router.add_argument("--ssl-certfile")
     router.add_argument("--ssl-keyfile")
     router.add_argument("--log-level", default="info")
+    # The same flag, environment variable and parsing as `sqlgate serve`: the router's /v1,
+    # Trino and console front ends refuse passwords in clear exactly like a domain's.
+    from server.cli import _env_flag
+    router.add_argument("--allow-insecure-passwords", action="store_true",
+                        default=_env_flag("SQLGATE_ALLOW_INSECURE_PASSWORDS"),
+                        help="accept passwords (HTTP Basic, console sign-in) over plain HTTP "
+                             "from other hosts (env SQLGATE_ALLOW_INSECURE_PASSWORDS=1; "
+                             "default: refused, use TLS or tokens)")
     router.set_defaults(handler=_router)
 
     domain = sub.add_parser("federation-domain",
@@ -67,7 +75,8 @@ def _router(args) -> int:
     from server.router.frontend import run_router
     return run_router(args.config, args.router_home, args.host, args.port,
                       None if args.no_pg else args.pg_port, ssl_certfile=args.ssl_certfile,
-                      ssl_keyfile=args.ssl_keyfile, log_level=args.log_level)
+                      ssl_keyfile=args.ssl_keyfile, log_level=args.log_level,
+                      allow_insecure_passwords=args.allow_insecure_passwords)
 
 
 def _domain(args) -> int:

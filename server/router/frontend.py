@@ -7,10 +7,12 @@ holds no data and no ledger: every domain charges its own. `ServerState` is buil
 unchanged (both only talk to GatewayService and the gateway-like surface).
 
     sqlgate router --config router.yaml --home router-home [--port 8790] [--pg-port 5434]
+        [--allow-insecure-passwords]
 """
 from __future__ import annotations
 
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +50,7 @@ def run_router(config_path: str | Path, home: str | Path, host: str = "127.0.0.1
                log_level: str = "info", **options: Any) -> int:
     """Blocking: serve the router until SIGINT/SIGTERM (the `sqlgate router` command)."""
     from server.router.training_api import federated_training_routes
-    from server.serve import announce, ensure_admin, serve
+    from server.serve import announce, ensure_admin, plaintext_warning, serve
 
     router = Router(load_router_config(config_path))
     state = open_router_state(home, router, **options)
@@ -58,6 +60,10 @@ def run_router(config_path: str | Path, home: str | Path, host: str = "127.0.0.1
             print("sqlgate router: created user 'admin' (first start). Its token, shown once "
                   f"and saved to {Path(home) / 'admin.token'} (mode 0600):", flush=True)
             print(f"sqlgate router: admin token: {token}", flush=True)
+        warning = plaintext_warning(host, bool(ssl_certfile and ssl_keyfile),
+                                    state.config.allow_insecure_passwords)
+        if warning:
+            print(warning, file=sys.stderr, flush=True)
         previous = {sig: signal.signal(sig, _stop_requested)
                     for sig in (signal.SIGINT, signal.SIGTERM)}
         try:

@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.catalog_audit import audited_catalog
 from server.http.transport import insecure_passwords_allowed, require_password_transport
 from server.service import Caller, GatewayService
 from sqlgate.errors import (AuthenticationFailed, InvalidParameter, LimitExceeded,
@@ -197,9 +198,12 @@ class TrinoProtocol:
                     view: CatalogView, plan) -> None:
         try:
             if isinstance(plan, SandboxQuery):
-                # Catalog queries count against the same per-user concurrency limit.
-                with self.service.limiter.slot(caller.name):
-                    table = run_in_sandbox(plan.sql, plan.views, view)
+                # Catalog queries count against the same per-user concurrency limit and are
+                # audited like PG wire's (the statement as sent, never the rows).
+                with audited_catalog(self.service, caller, query.sql) as record:
+                    with self.service.limiter.slot(caller.name):
+                        table = run_in_sandbox(plan.sql, plan.views, view)
+                    record["rows_out"] = len(table.rows)
                 columns = [column(name, trino_type_for_duckdb(kind))
                            for name, kind in table.columns]
                 types = [c["type"] for c in columns]

@@ -272,3 +272,56 @@ def test_bare_where_comparisons_cannot_fail_on_large_values(condition):
             except SqlgateError as err:
                 outcomes.append(type(err).__name__)
     assert outcomes == ["answered", "answered"]
+
+
+def test_a_replace_during_a_query_refuses_it_before_noise_or_charge(gateway, monkeypatch):
+    """A plan made for the old metadata must not release over the new data (its bounds may
+    not hold there): the query re-checks the dataset version after the engine ran."""
+    from sqlgate.errors import Conflict
+
+    original = gateway.executor.run
+    replaced = []
+
+    def run_while_replacing(sql, **kwargs):
+        if not replaced:
+            replaced.append(1)
+            gateway.add_dataset(people_metadata(max_rows_per_group=5),
+                                {"people": people_frame(n=100)}, replace=True)
+        return original(sql, **kwargs)
+
+    monkeypatch.setattr(gateway.executor, "run", run_while_replacing)
+    with pytest.raises(Conflict) as err:
+        gateway.query("SELECT COUNT(*) FROM people", analyst="racer", epsilon=1.0)
+    assert "replaced while the query ran" in err.value.message
+    assert gateway.budget("racer", "town").queries == 0
+    monkeypatch.setattr(gateway.executor, "run", original)
+    assert gateway.query("SELECT COUNT(*) FROM people", analyst="racer", epsilon=1.0).rows
+    assert gateway.budget("racer", "town").queries == 1
+
+
+def test_a_failed_replace_keeps_the_old_version_current(gateway):
+    before = gateway.catalog.entry("town")
+    with pytest.raises(SqlgateError):
+        gateway.add_dataset(people_metadata(), {"people": pd.DataFrame({"pid": [None]})},
+                            replace=True)
+    assert gateway.catalog.is_current(before)
+    assert gateway.query("SELECT COUNT(*) FROM people", analyst="after", epsilon=1.0).rows
+
+
+def test_a_cancel_after_the_engine_ran_spends_nothing(gateway, monkeypatch):
+    import threading
+
+    from sqlgate.errors import QueryCanceled
+
+    cancel = threading.Event()
+    original = gateway.executor.run
+
+    def run_then_cancel(sql, **kwargs):
+        result = original(sql, **kwargs)
+        cancel.set()            # the client went away just as the engine finished
+        return result
+
+    monkeypatch.setattr(gateway.executor, "run", run_then_cancel)
+    with pytest.raises(QueryCanceled):
+        gateway.query("SELECT COUNT(*) FROM people", analyst="gone", epsilon=1.0, cancel=cancel)
+    assert gateway.budget("gone", "town").queries == 0
