@@ -13,7 +13,6 @@ holds costs and times only: no query text, no answers.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -24,10 +23,11 @@ from starlette.routing import Route
 
 from server.console.security import security_headers
 from server.console.throttle import LoginThrottle
+from server.http.endpoint import read_json
 from server.http.transport import (InsecureTransport, insecure_passwords_allowed,
                                    require_password_transport)
 from server.service import Caller
-from sqlgate.errors import (AuthenticationFailed, InvalidParameter, LimitExceeded, NotFound,
+from sqlgate.errors import (AuthenticationFailed, InvalidParameter, NotFound,
                             SqlgateError, TooManyRequests)
 
 _log = logging.getLogger("sqlgate.console")
@@ -58,7 +58,7 @@ def api_routes(state: Any, *, prefix: str = "/console/api",
             await run_in_threadpool(service.record, None, "login", "refused", channel=CHANNEL,
                                     source=source(request), code=err.code)
             raise
-        body = await _json_body(request)
+        body = await read_json(request, _MAX_BODY)
         name, password = body.get("name"), body.get("password")
         if not isinstance(name, str) or not isinstance(password, str) or not name or not password:
             raise InvalidParameter("name and password are required")
@@ -153,23 +153,6 @@ def _bearer(header: str | None) -> str | None:
 
 def _json(body: dict, status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=security_headers(cache=False))
-
-
-async def _json_body(request: Request) -> dict:
-    raw = b""
-    async for chunk in request.stream():
-        raw += chunk
-        if len(raw) > _MAX_BODY:
-            raise LimitExceeded("the request body is too large")
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise InvalidParameter("the request body is not valid JSON") from None
-    except RecursionError:
-        raise InvalidParameter("the request body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise InvalidParameter("the request body must be a JSON object")
-    return body
 
 
 def _guarded(handler: Callable[[Request], Awaitable[Response]]):

@@ -20,33 +20,18 @@ torch is imported only when a job starts on this domain.
 """
 from __future__ import annotations
 
-import json
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.http.endpoint import read_body
+from server.http.endpoint import read_json
 from server.router.config import load_domain_config
 from server.router.domain import DomainService
 from server.router.fedavg_domain import FedAvgDomain, install_fedavg
 from server.router.fedavg_protocol import MAX_BODY_BYTES
 from server.router.http import _guarded, domain_routes
-from sqlgate.errors import InvalidParameter
-
-
-async def _json_body(request: Request) -> dict:
-    raw = await read_body(request, MAX_BODY_BYTES)
-    try:
-        body = json.loads(raw or b"{}")
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidParameter("the request body is not valid JSON") from None
-    except RecursionError:
-        raise InvalidParameter("the request body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise InvalidParameter("the request body must be a JSON object")
-    return body
 
 
 def fedavg_routes(fedavg: FedAvgDomain, prefix: str = "/federation/v1/fedavg") -> list[Route]:
@@ -56,7 +41,7 @@ def fedavg_routes(fedavg: FedAvgDomain, prefix: str = "/federation/v1/fedavg") -
         async def endpoint(request: Request) -> Response:
             peer = await run_in_threadpool(service.authenticate,
                                            request.headers.get("authorization"))
-            body = await _json_body(request)
+            body = await read_json(request, MAX_BODY_BYTES)
             args = (body, peer) if with_peer else (body,)
             try:
                 result = await run_in_threadpool(handler, *args)

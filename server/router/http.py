@@ -8,7 +8,6 @@ status; unexpected exceptions become a generic 500 whose text never includes the
 """
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any, Awaitable, Callable
 
@@ -18,7 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from server.http.endpoint import read_body
+from server.http.endpoint import read_json
 from server.router.domain import DomainService
 from sqlgate.errors import InvalidParameter, SqlgateError
 
@@ -41,20 +40,6 @@ def _guarded(handler: Callable[[Request], Awaitable[Response]]):
             return JSONResponse({"error": {"code": "internal_error", "sqlstate": "XX000",
                                            "message": "internal error"}}, status_code=500)
     return endpoint
-
-
-async def _json_body(request: Request) -> dict:
-    # Bounded while streaming: a peer cannot make the domain buffer an arbitrary body.
-    raw = await read_body(request, _MAX_BODY)
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
-        raise InvalidParameter("the request body is not valid JSON") from None
-    except RecursionError:
-        raise InvalidParameter("the request body is nested too deeply") from None
-    if not isinstance(body, dict):
-        raise InvalidParameter("the request body must be a JSON object")
-    return body
 
 
 # ---------------------------------------------------------------- domain (federation API)
@@ -85,11 +70,11 @@ def domain_routes(service: DomainService, prefix: str = "/federation/v1") -> lis
         return await run_in_threadpool(service.budget, analyst, request.path_params["dataset"])
 
     async def prepare(request: Request):
-        body = await _json_body(request)
+        body = await read_json(request, _MAX_BODY)
         return await run_in_threadpool(service.prepare, body)
 
     async def share(request: Request):
-        body = await _json_body(request)
+        body = await read_json(request, _MAX_BODY)
         return await run_in_threadpool(service.share, body)
 
     return [
