@@ -30,7 +30,7 @@ from rewriter.aggregates import AggregateUse, BaseMeasure, classify_aggregate, i
 from rewriter.flatten import flatten
 from rewriter.plan import DPPlan, KeyRelease, Measure, OutputColumnSpec, QuantileMeasure, Sensitivity
 from rewriter.rowexpr import (ALLOWED_ROW_NODES, _describe, check_row_expression,
-                              total_where)
+                              total_condition)
 from rewriter.scope import QueryScope, TableResolver, build_scope
 from sqlgate.errors import PolicyRefused, UnsupportedQuery
 from sqlgate.metadata import ColumnMeta
@@ -437,7 +437,7 @@ def _src(scope: QueryScope, keys, extra_columns, where, key_release,
     columns += extra_columns
     conditions = []
     if where is not None:
-        conditions.append(total_where(where, scope))
+        conditions.append(total_condition(where, scope))
     if key_release.mode == "public" and filter_keys:
         for k in keys:
             conditions.append(_in_public_keys(k))

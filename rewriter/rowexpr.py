@@ -101,30 +101,33 @@ _COMPARISONS = (exp.EQ, exp.NEQ, exp.GT, exp.GTE, exp.LT, exp.LTE)
 _NUMERIC = ("int", "float")
 
 
-def total_where(predicate: exp.Expression, scope) -> exp.Expression:
-    """A WHERE predicate made total, with the conjuncts that cannot fail left bare.
+def total_condition(predicate: exp.Expression, scope) -> exp.Expression:
+    """A WHERE or JOIN ... ON condition made total, with the conjuncts that cannot fail bare.
 
     `col <op> literal` (literal of the column's declared type) and `col <op> col` (two columns
     of one declared type) can raise on no row, so they need no TRY(); bare, the optimizer
-    pushes them into the scans and through joins (zone maps, join filters), where a
-    predicate inside TRY() was evaluated after the join on every joined row (3-8x slower
-    on the TPC-H lineitem queries). The rest is guarded together, as total_predicate does.
-    Only for WHERE: there NULL and FALSE both drop the row, so splitting `a AND b` into
-    `a AND COALESCE(TRY(b), FALSE)` keeps exactly the same rows."""
+    pushes them into the scans and through joins (zone maps, join filters, hash joins on the
+    unit), where a predicate inside TRY() was evaluated after the join on every joined row
+    (3-8x slower on the TPC-H lineitem queries). Bare unit equalities in ON are also what
+    rewriter.scope reads to link joined tables to one unit. The rest is guarded together, as
+    total_predicate does. In WHERE and in ON (inner or left) NULL and FALSE both mean "no
+    row" / "no match", so splitting `a AND b` into `a AND COALESCE(TRY(b), FALSE)` keeps
+    exactly the same rows."""
     bare, guarded = [], []
-    for part in _conjuncts(predicate):
+    for part in conjuncts(predicate):
         (bare if _cannot_fail(part, scope) else guarded).append(part)
     if guarded:
         bare.append(total_predicate(exp.and_(*guarded)))
     return exp.and_(*bare) if len(bare) > 1 else bare[0]
 
 
-def _conjuncts(node: exp.Expression):
+def conjuncts(node: exp.Expression):
+    """The operands of a chain of ANDs (through parentheses)."""
     if isinstance(node, exp.And):
-        yield from _conjuncts(node.this)
-        yield from _conjuncts(node.expression)
+        yield from conjuncts(node.this)
+        yield from conjuncts(node.expression)
     elif isinstance(node, exp.Paren):
-        yield from _conjuncts(node.this)
+        yield from conjuncts(node.this)
     else:
         yield node
 

@@ -14,6 +14,7 @@ from typing import Callable
 
 from sqlglot import exp
 
+from rewriter.rowexpr import check_row_expression, conjuncts, total_condition
 from sqlgate.errors import PolicyRefused, UndefinedColumn, UnsupportedQuery
 from sqlgate.metadata import ColumnMeta, DatasetMeta, TableMeta
 
@@ -123,7 +124,7 @@ class QueryScope:
         while pending:
             pending = False
             for _, _, condition in self.joins:
-                for eq in _conjuncts(condition):
+                for eq in conjuncts(condition):
                     if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
                             and isinstance(eq.expression, exp.Column)):
                         continue
@@ -178,10 +179,9 @@ def build_scope(select: exp.Select, resolve_table: TableResolver) -> QueryScope:
     if not scope.private_sources:
         raise UnsupportedQuery("the query reads only public tables; public tables can only be "
                                "joined with private ones")
-    from rewriter.rowexpr import check_row_expression
     for kind, alias, condition in pending:
         checked = check_row_expression(condition, scope, "JOIN ... ON")
-        scope.joins.append((kind, alias, _total_join_condition(checked, scope)))
+        scope.joins.append((kind, alias, total_condition(checked, scope)))
         if kind == "LEFT" and sources[alias].private:
             raise UnsupportedQuery("LEFT JOIN is supported towards public tables only")
     scope.unit_ref = _unit_of(scope)
@@ -227,7 +227,7 @@ def _unit_of(scope: QueryScope) -> str:
         return a
 
     for _, _, condition in scope.joins:
-        for eq in _conjuncts(condition):
+        for eq in conjuncts(condition):
             if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
                     and isinstance(eq.expression, exp.Column)):
                 continue
@@ -261,42 +261,3 @@ def _unit_link(scope: QueryScope, child_ref: str, parent_ref: str) -> bool:
     via = child.unit_via
     return (via is not None and via.column == child_col and via.table == parent.name
             and via.references == parent_col)
-
-
-def _total_join_condition(condition: exp.Expression, scope: QueryScope) -> exp.Expression:
-    """An ON condition that cannot fail on data (privacy rule 6), as WHERE is.
-
-    Equalities of two columns of one declared type cannot raise, so they stay bare and DuckDB
-    still plans a hash join on them (and `_unit_of` still sees the unit links). Everything
-    else runs inside TRY(): an overflow, a failed cast or a division by zero becomes NULL,
-    i.e. no match, instead of an error whose occurrence would depend on a row.
-    """
-    from rewriter.rowexpr import total_predicate
-    bare, guarded = [], []
-    for part in _conjuncts(condition):
-        (bare if _same_type_column_equality(part, scope) else guarded).append(part)
-    if guarded:
-        bare.append(total_predicate(exp.and_(*guarded)))
-    return exp.and_(*bare) if len(bare) > 1 else bare[0]
-
-
-def _same_type_column_equality(node: exp.Expression, scope: QueryScope) -> bool:
-    if not (isinstance(node, exp.EQ) and isinstance(node.this, exp.Column)
-            and isinstance(node.expression, exp.Column)):
-        return False
-    types = []
-    for column in (node.this, node.expression):
-        alias, name = scope.resolve(column).split(".", 1)
-        meta = scope.sources[alias].table.columns.get(name)
-        types.append(meta.type if meta is not None else None)
-    return types[0] is not None and types[0] == types[1]
-
-
-def _conjuncts(condition: exp.Expression):
-    if isinstance(condition, exp.And):
-        yield from _conjuncts(condition.this)
-        yield from _conjuncts(condition.expression)
-    elif isinstance(condition, exp.Paren):
-        yield from _conjuncts(condition.this)
-    else:
-        yield condition
