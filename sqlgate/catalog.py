@@ -68,26 +68,8 @@ class Catalog:
         `scope` (lower-case dataset names) hides every other dataset: a caller cannot tell a
         dataset it may not query from one that does not exist.
         """
-        entries = self._entries if scope is None else \
-            {k: e for k, e in self._entries.items() if k in scope}
-        if node.catalog:
-            raise UndefinedTable(f"table {node.sql()} does not exist (catalogs are not used)")
-        table_name = node.name.lower()
-        schema = node.db.lower() if node.db else None
-        if schema:
-            entry = entries.get(schema)
-            table = entry.meta.table(table_name) if entry else None
-            if table is None:
-                raise UndefinedTable(f"table '{node.db}.{node.name}' does not exist")
-            return entry.meta, table
-        matches = [(e.meta, e.meta.table(table_name)) for e in entries.values()
-                   if e.meta.table(table_name) is not None]
-        if not matches:
-            raise UndefinedTable(f"table '{node.name}' does not exist")
-        if len(matches) > 1:
-            names = ", ".join(sorted(f"{m.name}.{table_name}" for m, _ in matches))
-            raise UndefinedTable(f"table name '{node.name}' is ambiguous; qualify it: {names}")
-        return matches[0]
+        metas = {k: e.meta for k, e in self._entries.items() if scope is None or k in scope}
+        return resolve_in(metas, node)
 
     # ------------------------------------------------------------ loading
 
@@ -157,6 +139,29 @@ class Catalog:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2, default=str))
         tmp.replace(path)
+
+
+def resolve_in(datasets: Mapping[str, DatasetMeta], node: exp.Table
+               ) -> tuple[DatasetMeta, TableMeta]:
+    """Resolve `schema.table` or a bare `table` (unique across `datasets`, keyed by lower-case
+    name); errors name only what the query wrote and the datasets given."""
+    if node.catalog:
+        raise UndefinedTable(f"table {node.sql()} does not exist (catalogs are not used)")
+    table_name = node.name.lower()
+    if node.db:
+        meta = datasets.get(node.db.lower())
+        table = meta.table(table_name) if meta else None
+        if table is None:
+            raise UndefinedTable(f"table '{node.db}.{node.name}' does not exist")
+        return meta, table
+    matches = [(m, m.table(table_name)) for m in datasets.values()
+               if m.table(table_name) is not None]
+    if not matches:
+        raise UndefinedTable(f"table '{node.name}' does not exist")
+    if len(matches) > 1:
+        names = ", ".join(sorted(f"{m.name}.{table_name}" for m, _ in matches))
+        raise UndefinedTable(f"table name '{node.name}' is ambiguous; qualify it: {names}")
+    return matches[0]
 
 
 def _load_table(conn, schema: str, table: TableMeta, source: Any) -> None:

@@ -30,13 +30,13 @@ from rewriter.parse import parse_select
 from rewriter.plan import DPPlan
 from sqlgate import release as noise
 from sqlgate.catalog import Catalog, DatasetEntry
-from sqlgate.errors import (Conflict, InvalidParameter, PolicyRefused, QueryCanceled,
-                            UndefinedTable, UnsupportedQuery)
+from sqlgate.errors import Conflict, InvalidParameter, PolicyRefused, QueryCanceled
 from sqlgate.executor import DuckDBExecutor, sandboxed_duckdb
 from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
-from sqlgate.mock import mock_table
+from sqlgate.mock import mock_dataset_table
 from sqlgate.plan_cache import PlanCache, PlannedQuery
-from sqlgate.postprocess import POSTPROCESS_MEMORY_LIMIT, type_from_engine, typed_keys
+from sqlgate.postprocess import (POSTPROCESS_MEMORY_LIMIT, run_postprocess, type_from_engine,
+                                 typed_keys)
 from sqlgate.results import DPResult, ExactResult, Explanation, OutputColumn
 
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0
@@ -102,13 +102,7 @@ class Gateway:
         return self.accountant.status(analyst, self.catalog.entry(dataset).meta.name)
 
     def mock_table(self, dataset: str, table: str, rows: int = 100, seed: int = 0) -> pd.DataFrame:
-        meta = self.catalog.entry(dataset).meta
-        table_meta = meta.table(table)
-        if table_meta is None:
-            raise UndefinedTable(f"table '{dataset}.{table}' does not exist")
-        if not 1 <= rows <= 100_000:
-            raise InvalidParameter("rows must be between 1 and 100000")
-        return mock_table(table_meta, rows=rows, seed=seed)
+        return mock_dataset_table(self.catalog.entry(dataset).meta, table, rows=rows, seed=seed)
 
     # ------------------------------------------------------------ analyst actions
 
@@ -288,23 +282,7 @@ class Gateway:
         return conn
 
     def _run_postprocess(self, postprocess_sql: str, noisy: pa.Table | pd.DataFrame):
-        conn = self._scratch()
-        # As Arrow: DuckDB binds an Arrow table ~5x faster than it scans a pandas frame,
-        # and this runs on every query.
-        if isinstance(noisy, pd.DataFrame):
-            noisy = pa.Table.from_pandas(noisy, preserve_index=False)
-        conn.register("noisy", noisy)
-        try:
-            relation = conn.execute(postprocess_sql)
-            types = [str(d[1]) for d in relation.description]
-            return relation.fetchall(), types
-        except duckdb.Error as err:
-            # Only public keys and noisy values are in this engine, so its message is safe;
-            # still keep it short and typed.
-            raise UnsupportedQuery(f"the query's result expressions could not be computed: "
-                                   f"{str(err).splitlines()[0][:200]}") from None
-        finally:
-            conn.unregister("noisy")
+        return run_postprocess(self._scratch(), postprocess_sql, noisy)
 
     def _output_columns(self, planned: PlannedQuery, release_plan) -> tuple[OutputColumn, ...]:
         plan = planned.plan

@@ -10,12 +10,27 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 
-from sqlgate.metadata import ColumnMeta, TableMeta
+from sqlgate.errors import InvalidParameter, UndefinedTable
+from sqlgate.metadata import ColumnMeta, DatasetMeta, TableMeta
 
 _DEFAULT_INT_RANGE = (0, 1000)
 _DEFAULT_FLOAT_RANGE = (0.0, 1000.0)
 _DATE_START = dt.date(2000, 1, 1)
 _DATE_DAYS = 365 * 25
+
+
+MAX_MOCK_ROWS = 100_000
+
+
+def mock_dataset_table(meta: DatasetMeta, table: str, rows: int = 100,
+                       seed: int = 0) -> pd.DataFrame:
+    """`mock_table` for a table named by an analyst, with its checks (gateway and router)."""
+    table_meta = meta.table(table)
+    if table_meta is None:
+        raise UndefinedTable(f"table '{meta.name}.{table}' does not exist")
+    if not 1 <= rows <= MAX_MOCK_ROWS:
+        raise InvalidParameter(f"rows must be between 1 and {MAX_MOCK_ROWS}")
+    return mock_table(table_meta, rows=rows, seed=seed)
 
 
 def mock_table(table: TableMeta, rows: int = 100, seed: int = 0) -> pd.DataFrame:

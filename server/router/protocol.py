@@ -21,7 +21,8 @@ from accountant.zcdp import rho_for_epsilon
 from rewriter import plan_query
 from rewriter.plan import DPPlan, Sensitivity
 from sqlgate import release as noise
-from sqlgate.errors import InvalidParameter, NotFound, UndefinedTable, UnsupportedQuery
+from sqlgate.catalog import resolve_in
+from sqlgate.errors import InvalidParameter, NotFound, UnsupportedQuery
 from sqlgate.metadata import DatasetMeta, TableMeta, dataset_to_dict, parse_dataset
 
 PROTOCOL_VERSION = "sqlgate-federation/1"
@@ -252,20 +253,4 @@ class MetadataResolver:
         return sorted(self._datasets.values(), key=lambda m: m.name)
 
     def resolve_table(self, node: exp.Table) -> tuple[DatasetMeta, TableMeta]:
-        if node.catalog:
-            raise UndefinedTable(f"table {node.sql()} does not exist (catalogs are not used)")
-        table_name = node.name.lower()
-        if node.db:
-            meta = self._datasets.get(node.db.lower())
-            table = meta.table(table_name) if meta else None
-            if table is None:
-                raise UndefinedTable(f"table '{node.db}.{node.name}' does not exist")
-            return meta, table
-        matches = [(m, m.table(table_name)) for m in self._datasets.values()
-                   if m.table(table_name) is not None]
-        if not matches:
-            raise UndefinedTable(f"table '{node.name}' does not exist")
-        if len(matches) > 1:
-            names = ", ".join(sorted(f"{m.name}.{table_name}" for m, _ in matches))
-            raise UndefinedTable(f"table name '{node.name}' is ambiguous; qualify it: {names}")
-        return matches[0]
+        return resolve_in(self._datasets, node)

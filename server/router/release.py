@@ -10,13 +10,12 @@ import math
 import uuid
 from typing import Sequence
 
-import duckdb
 import pandas as pd
 
 from server.router.protocol import FederatedPlan, split_measures
-from sqlgate.errors import UnsupportedQuery
 from sqlgate.executor import sandboxed_duckdb
-from sqlgate.postprocess import POSTPROCESS_MEMORY_LIMIT, type_from_engine, typed_keys
+from sqlgate.postprocess import (POSTPROCESS_MEMORY_LIMIT, run_postprocess, type_from_engine,
+                                 typed_keys)
 from sqlgate.results import DPResult, OutputColumn
 
 
@@ -71,14 +70,7 @@ def _columns(fplan: FederatedPlan, types, frame, with_accuracy: bool) -> tuple[O
 def _run_postprocess(fplan: FederatedPlan, frame: pd.DataFrame):
     conn = sandboxed_duckdb(None, threads=1, memory_limit=POSTPROCESS_MEMORY_LIMIT)
     try:
-        conn.register("noisy", frame)
-        relation = conn.execute(fplan.plan.postprocess.sql(dialect="duckdb"))
-        types = [str(d[1]) for d in relation.description]
-        return relation.fetchall(), types
-    except duckdb.Error as err:
-        # Only public keys and noisy values are in this engine, so its message is safe.
-        raise UnsupportedQuery(f"the query's result expressions could not be computed: "
-                               f"{str(err).splitlines()[0][:200]}") from None
+        return run_postprocess(conn, fplan.plan.postprocess.sql(dialect="duckdb"), frame)
     finally:
         conn.close()
 

@@ -26,7 +26,7 @@ from server.router.protocol import (FederatedPlan, MetadataResolver, metadata_fr
                                     plan_federated, schema_fingerprint, tightest_budget)
 from server.router.release import output_columns, release_result
 from rewriter import plan_query
-from sqlgate.errors import InvalidParameter, SqlgateError, UndefinedTable, UnsupportedQuery
+from sqlgate.errors import InvalidParameter, SqlgateError, UnsupportedQuery
 from sqlgate.metadata import DatasetMeta
 from sqlgate.results import DPResult, Explanation, OutputColumn
 
@@ -194,14 +194,8 @@ class Router:
 
     def mock_table(self, dataset: str, table: str, rows: int = 100, seed: int = 0):
         """Fake rows generated from the public metadata only (as Gateway.mock_table)."""
-        from sqlgate.mock import mock_table
-        meta = self.dataset(dataset)
-        table_meta = meta.table(table)
-        if table_meta is None:
-            raise UndefinedTable(f"table '{dataset}.{table}' does not exist")
-        if not 1 <= rows <= 100_000:
-            raise InvalidParameter("rows must be between 1 and 100000")
-        return mock_table(table_meta, rows=rows, seed=seed)
+        from sqlgate.mock import mock_dataset_table
+        return mock_dataset_table(self.dataset(dataset), table, rows=rows, seed=seed)
 
     # Owner actions belong to the domains: the router holds no data and no ledger.
 
