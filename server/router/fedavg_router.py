@@ -328,25 +328,12 @@ def _call_each(router, phase: str, request: Callable[[str], tuple[str, dict]],
                only: tuple[str, ...] | None = None):
     """POST to every domain (or `only` these) in parallel: (answers, failures) by domain.
     Every answer goes to the router's observer, as received."""
-    clients = router._clients
-    names = [d for d in router.federation.parties if only is None or d in only]
     futures = {}
-    for name in names:
-        path, body = request(name)
-        futures[name] = router._pool.submit(clients[name].post, PREFIX + path, body)
-    answers: dict[str, dict] = {}
-    failures: dict[str, SqlgateError] = {}
-    for name in names:
-        try:
-            answers[name] = futures[name].result()
-        except SqlgateError as err:
-            failures[name] = err
-        except Exception:  # a bug or transport fault: never echo its text
-            failures[name] = FederationFailed(f"domain '{name}' failed unexpectedly",
-                                              details={"domain": name})
-        if name in answers and router.observer is not None:
-            router.observer(phase, name, answers[name])
-    return answers, failures
+    for name in router.federation.parties:
+        if only is None or name in only:
+            path, body = request(name)
+            futures[name] = router._pool.submit(router._clients[name].post, PREFIX + path, body)
+    return router._gather(phase, futures)
 
 
 def _call_all(router, phase: str, request: Callable[[str], tuple[str, dict]]) -> dict:

@@ -246,12 +246,22 @@ class Router:
     def _fan_out(self, phase: str, call: Callable[[DomainClient], dict], *,
                  charged_on_success: bool = False) -> dict[str, dict]:
         """Call every domain in parallel; all must answer, else one typed error for all."""
-        futures = {name: self._pool.submit(call, client) for name, client in self._clients.items()}
+        futures = {name: self._pool.submit(call, self._clients[name])
+                   for name in self.federation.parties}
+        answers, failures = self._gather(phase, futures)
+        if failures:
+            raise _combined(phase, failures, answers if charged_on_success else {})
+        return answers
+
+    def _gather(self, phase: str, futures: Mapping[str, Any]
+                ) -> tuple[dict[str, dict], dict[str, SqlgateError]]:
+        """Wait for every domain's call (in the futures' order): (answers, failures) by
+        domain. Every answer goes to the observer, as received."""
         answers: dict[str, dict] = {}
         failures: dict[str, SqlgateError] = {}
-        for name in self.federation.parties:
+        for name, future in futures.items():
             try:
-                answers[name] = futures[name].result()
+                answers[name] = future.result()
             except SqlgateError as err:
                 failures[name] = err
             except Exception:  # a bug or transport fault: never echo its text
@@ -259,9 +269,7 @@ class Router:
                                                   details={"domain": name})
             if name in answers and self.observer is not None:
                 self.observer(phase, name, answers[name])
-        if failures:
-            raise _combined(phase, failures, answers if charged_on_success else {})
-        return answers
+        return answers, failures
 
 
 def _combined(phase: str, failures: Mapping[str, SqlgateError],
