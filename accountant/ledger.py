@@ -88,3 +88,15 @@ class Ledger(abc.ABC):
 
     def close(self) -> None:
         """Release resources; the default ledgers hold none between calls."""
+
+
+def history_filter(analyst: str | None, dataset: str | None,
+                   placeholder: str) -> tuple[str, tuple]:
+    """` WHERE ...` (or nothing) and its parameters for a history query, in the driver's
+    parameter style (`?` for SQLite, `%s` for psycopg)."""
+    clauses, params = [], []
+    for column, value in (("analyst", analyst), ("dataset", dataset)):
+        if value is not None:
+            clauses.append(f"{column} = {placeholder}")
+            params.append(value)
+    return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), tuple(params)

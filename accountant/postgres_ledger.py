@@ -22,7 +22,7 @@ import threading
 from typing import Iterator
 
 from accountant.budget import Spent
-from accountant.ledger import HISTORY_FIELDS, ChargeRequest, Decide, Ledger
+from accountant.ledger import HISTORY_FIELDS, ChargeRequest, Decide, Ledger, history_filter
 from sqlgate.errors import Conflict, NotFound
 from sqlgate.metadata import Budget
 
@@ -189,14 +189,7 @@ class PostgresLedger(Ledger):
         return None if row is None else bytes(row[0])
 
     def history(self, analyst: str | None = None, dataset: str | None = None) -> list[dict]:
-        clauses, params = [], []
-        if analyst is not None:
-            clauses.append("analyst = %s")
-            params.append(analyst)
-        if dataset is not None:
-            clauses.append("dataset = %s")
-            params.append(dataset)
-        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        where, params = history_filter(analyst, dataset, "%s")
         with self._connection() as conn, conn.transaction():
             rows = conn.execute(f"SELECT {', '.join(HISTORY_FIELDS)} FROM charges{where} "
                                 "ORDER BY id", params).fetchall()

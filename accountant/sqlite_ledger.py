@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator
 
 from accountant.budget import Spent
-from accountant.ledger import HISTORY_FIELDS, ChargeRequest, Decide, Ledger
+from accountant.ledger import HISTORY_FIELDS, ChargeRequest, Decide, Ledger, history_filter
 from sqlgate.errors import Conflict, NotFound
 from sqlgate.metadata import Budget
 
@@ -229,7 +229,7 @@ class SqliteLedger(Ledger):
             return None, self._override(conn, analyst, dataset), self._spent(conn, analyst, dataset)
 
     def history(self, analyst: str | None = None, dataset: str | None = None) -> list[dict]:
-        where, params = _filters(analyst, dataset)
+        where, params = history_filter(analyst, dataset, "?")
         with self._connection() as conn:
             rows = conn.execute(f"SELECT {', '.join(HISTORY_FIELDS)} FROM charges{where} "
                                 "ORDER BY id", params).fetchall()
@@ -237,17 +237,6 @@ class SqliteLedger(Ledger):
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
-
-
-def _filters(analyst: str | None, dataset: str | None) -> tuple[str, tuple]:
-    clauses, params = [], []
-    if analyst is not None:
-        clauses.append("analyst = ?")
-        params.append(analyst)
-    if dataset is not None:
-        clauses.append("dataset = ?")
-        params.append(dataset)
-    return ((" WHERE " + " AND ".join(clauses)) if clauses else ""), tuple(params)
 
 
 def _statements(script: str) -> list[str]:
