@@ -29,7 +29,7 @@ from rewriter import plan_query
 from rewriter.parse import parse_select
 from rewriter.plan import DPPlan
 from sqlgate import release as noise
-from sqlgate.catalog import Catalog, DatasetEntry
+from sqlgate.catalog import Catalog, DatasetEntry, resolve_in
 from sqlgate.errors import Conflict, InvalidParameter, PolicyRefused, QueryCanceled
 from sqlgate.executor import DuckDBExecutor, sandboxed_duckdb
 from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
@@ -135,8 +135,6 @@ class Gateway:
         meta = entry.meta
         epsilon = self._epsilon(meta, epsilon)
         release_plan = self._calibrate(plan, meta, epsilon)
-        # Post-processing was bound (run on an empty noisy table) when the plan was built.
-        columns = self._output_columns(planned, release_plan)
         query_key = _query_key(entry, plan, epsilon)
         # One ledger read: the cached answer (free repeat) or the budget pre-check.
         cached = self.accountant.cached_or_check(analyst, meta.name, query_key, release_plan.cost)
@@ -241,17 +239,20 @@ class Gateway:
         if not isinstance(sql, str):
             raise InvalidParameter("the query must be a string")
         visible = None if scope is None else frozenset(name.lower() for name in scope)
-        versions = tuple((e.meta.name, e.version) for e in self.catalog.entries())
+        # One catalog snapshot for the cache key AND the entry returned: an entry read after
+        # the plan could be a newer version than the plan, and the query's version re-check
+        # (a replace while it runs) would then pass with stale bounds.
+        entries = self.catalog.entries()
+        versions = tuple((e.meta.name, e.version) for e in entries)
+        metas = {e.meta.name.lower(): e.meta for e in entries
+                 if visible is None or e.meta.name.lower() in visible}
         planned = self._plans.get_or_build((sql, visible, versions),
-                                           lambda: self._build_plan(sql, visible))
-        return planned, self.catalog.entry(planned.plan.dataset)
+                                           lambda: self._build_plan(sql, metas))
+        entry = next(e for e in entries if e.meta.name == planned.plan.dataset)
+        return planned, entry
 
-    def _build_plan(self, sql: str, visible: frozenset[str] | None) -> PlannedQuery:
-        if visible is None:
-            resolve = self.catalog.resolve_table
-        else:
-            resolve = lambda node: self.catalog.resolve_table(node, visible)  # noqa: E731
-        plan = plan_query(sql, resolve)
+    def _build_plan(self, sql: str, metas: Mapping[str, DatasetMeta]) -> PlannedQuery:
+        plan = plan_query(sql, lambda node: resolve_in(metas, node))
         postprocess_sql = plan.postprocess.sql(dialect="duckdb")
         _, types = self._run_postprocess(postprocess_sql, _empty_noisy_table(plan))
         return PlannedQuery(plan, postprocess_sql, tuple(types))
@@ -285,32 +286,31 @@ class Gateway:
         return run_postprocess(self._scratch(), postprocess_sql, noisy)
 
     def _output_columns(self, planned: PlannedQuery, release_plan) -> tuple[OutputColumn, ...]:
-        plan = planned.plan
-        columns = []
-        for spec, engine_type in zip(plan.outputs, planned.output_types):
-            type_name = spec.type or type_from_engine(engine_type)
-            ci = None
-            if release_plan is not None and spec.measure is not None:
-                ci = release_plan.ci95(plan.measure(spec.measure))
-            columns.append(OutputColumn(spec.name, type_name, spec.noisy, ci))
-        return tuple(columns)
+        # Types from binding the post-processing on an empty noisy table at planning time.
+        return _columns(planned.plan, planned.output_types, release_plan)
 
     def _postprocess(self, planned: PlannedQuery, release_plan, noisy: pa.Table):
-        plan = planned.plan
         rows, types = self._run_postprocess(planned.postprocess_sql, noisy)
-        columns = []
-        for index, (spec, engine_type) in enumerate(zip(plan.outputs, types)):
-            type_name = spec.type or type_from_engine(engine_type)
-            ci = None
-            if spec.measure is not None:
-                ci = release_plan.ci95(plan.measure(spec.measure))
-            elif spec.ratio_of is not None:
-                ci = _typical_ratio_ci(plan, release_plan, noisy, spec.ratio_of)
-            columns.append(OutputColumn(spec.name, type_name, spec.noisy, ci))
-        return rows, tuple(columns)
+        return rows, _columns(planned.plan, types, release_plan, noisy)
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _columns(plan: DPPlan, engine_types, release_plan, noisy: pa.Table | None = None
+             ) -> tuple[OutputColumn, ...]:
+    """Output columns with their 95% CI: exact for noisy measures, and for ratios (AVG...)
+    the typical one over the released cells, once there are cells (`noisy`)."""
+    columns = []
+    for spec, engine_type in zip(plan.outputs, engine_types):
+        type_name = spec.type or type_from_engine(engine_type)
+        ci = None
+        if release_plan is not None and spec.measure is not None:
+            ci = release_plan.ci95(plan.measure(spec.measure))
+        elif release_plan is not None and noisy is not None and spec.ratio_of is not None:
+            ci = _typical_ratio_ci(plan, release_plan, noisy, spec.ratio_of)
+        columns.append(OutputColumn(spec.name, type_name, spec.noisy, ci))
+    return tuple(columns)
 
 
 def _query_key(entry: DatasetEntry, plan: DPPlan, epsilon: float) -> str:
