@@ -94,6 +94,17 @@ class ChainReport:
                 "reason": self.reason}
 
 
+def decision_for(exc: BaseException | None) -> tuple[str, str | None]:
+    """(decision, code) of an outcome: ok, refused (the caller's error) or error (ours).
+    Every front end records outcomes this way, so audit queries can filter on them."""
+    if exc is None:
+        return "ok", None
+    from sqlgate.errors import SqlgateError
+    if isinstance(exc, SqlgateError):
+        return ("error" if exc.http_status >= 500 else "refused"), exc.code
+    return "error", "internal_error"
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 

@@ -107,6 +107,16 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def bearer_token(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, else None."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
 def check_name(name: object, what: str = "user name") -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidParameter(f"{what} must be 1-63 characters: letters, digits, '_', '.', "

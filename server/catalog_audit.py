@@ -9,18 +9,9 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlgate.errors import SqlgateError
+from server.audit import decision_for
 
 ACTION = "catalog"
-
-
-def decision_for(exc: BaseException | None) -> tuple[str, str | None]:
-    """(decision, code) as the service's DP query records use them."""
-    if exc is None:
-        return "ok", None
-    if isinstance(exc, SqlgateError):
-        return ("error" if exc.http_status >= 500 else "refused"), exc.code
-    return "error", "internal_error"
 
 
 @contextmanager

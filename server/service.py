@@ -15,9 +15,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from server.audit import AuditEvent, AuditLog
+from server.audit import AuditEvent, AuditLog, decision_for
 from server.auth import User, UserStore
-from sqlgate.errors import NotFound, PermissionDenied, SqlgateError, TooManyRequests
+from sqlgate.errors import NotFound, PermissionDenied, TooManyRequests
 from sqlgate.results import DPResult, Explanation, OutputColumn
 
 DEFAULT_MAX_CONCURRENT_PER_USER = 4
@@ -158,13 +158,7 @@ class GatewayService:
                 return self.fields
 
             def __exit__(self, exc_type, exc, tb):
-                if exc is None:
-                    decision, code = "ok", None
-                elif isinstance(exc, SqlgateError):
-                    decision = "error" if exc.http_status >= 500 else "refused"
-                    code = exc.code
-                else:
-                    decision, code = "error", "internal_error"
+                decision, code = decision_for(exc)
                 service.audit.append(AuditEvent(
                     channel=caller.channel, action=action, decision=decision, actor=caller.name,
                     role=caller.user.role, source=caller.source, query=sql

@@ -21,6 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from server.audit import decision_for
+from server.auth import bearer_token
 from server.console.security import security_headers
 from server.console.throttle import LoginThrottle
 from server.http.endpoint import read_json
@@ -46,7 +48,7 @@ def api_routes(state: Any, *, prefix: str = "/console/api",
         return f"{request.client.host}:{request.client.port}" if request.client else None
 
     def caller_of(request: Request) -> Caller:
-        user = users.authenticate_token(_bearer(request.headers.get("authorization")))
+        user = users.authenticate_token(bearer_token(request.headers.get("authorization")))
         return Caller(user, CHANNEL, source(request))
 
     async def login(request: Request) -> Response:
@@ -90,7 +92,7 @@ def api_routes(state: Any, *, prefix: str = "/console/api",
             caller = caller_of(request)
             return work(caller)
         except SqlgateError as err:
-            decision = "error" if err.http_status >= 500 else "refused"
+            decision, _ = decision_for(err)
             if caller is None:
                 service.record(None, action, decision, channel=CHANNEL,
                                source=source(request), code=err.code)
@@ -99,7 +101,7 @@ def api_routes(state: Any, *, prefix: str = "/console/api",
             raise
 
     async def logout(request: Request) -> Response:
-        token = _bearer(request.headers.get("authorization"))
+        token = bearer_token(request.headers.get("authorization"))
 
         def work(caller: Caller) -> dict:
             users.revoke_token(caller.name, _token_id(token))
@@ -140,15 +142,6 @@ def api_routes(state: Any, *, prefix: str = "/console/api",
 def _token_id(token: str | None) -> str:
     """The public id UserStore.tokens() shows for a token (first 12 hex of its SHA-256)."""
     return hashlib.sha256((token or "").encode("utf-8")).hexdigest()[:12]
-
-
-def _bearer(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
 
 
 def _json(body: dict, status: int = 200) -> JSONResponse:

@@ -22,13 +22,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
-from server.audit import AuditEvent
+from server.audit import AuditEvent, decision_for
 from server.auth import User
 from server.http.errors import error_response, json_response
 from server.http.transport import insecure_passwords_allowed, require_password_transport
 from server.service import Caller
 from sqlgate.errors import (AuthenticationFailed, InvalidParameter, LimitExceeded,
-                            PermissionDenied, SqlgateError, TooManyRequests)
+                            PermissionDenied, TooManyRequests)
 
 CHANNEL = "http"
 Handler = Callable[["Call"], Any]
@@ -228,15 +228,10 @@ def _audit(state, action: str, request: Request, source: str | None, call: Call 
            outcome: BaseException | None, status: int) -> None:
     if call is not None and call.audited:
         return
-    if outcome is None:
+    decision, code = decision_for(outcome)
+    if outcome is None and call is not None:
         # Handlers may name a finer decision (approved, denied) in call.audit.
-        decision = call.audit.pop("decision", "ok") if call is not None else "ok"
-        code = None
-    elif isinstance(outcome, SqlgateError):
-        decision = "error" if outcome.http_status >= 500 else "refused"
-        code = outcome.code
-    else:
-        decision, code = "error", "internal_error"
+        decision = call.audit.pop("decision", "ok")
     fields = dict(call.audit) if call is not None else {}
     details = dict(fields.pop("details", None) or {})
     details.update(method=request.method, path=request.url.path, status=status)

@@ -98,15 +98,6 @@ def token_matches(presented: str | None, digest: str) -> bool:
     return hmac.compare_digest(token_digest(presented), digest)
 
 
-def bearer_token(header: str | None) -> str | None:
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() != "bearer" or not value.strip():
-        return None
-    return value.strip()
-
-
 # ---------------------------------------------------------------- loading
 
 

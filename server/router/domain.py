@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from server import secure_sum
-from server.router.config import DomainConfig, bearer_token, token_matches
+from server.auth import bearer_token
+from server.router.config import DomainConfig, token_matches
 from server.router.errors import FederationMismatch
 from server.router.partials import (charged_partial, check_budget, federated_plan,
                                     federated_query_key)

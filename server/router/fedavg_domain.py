@@ -261,7 +261,7 @@ class FedAvgDomain:
         audit = getattr(self.state, "audit", None)
         if audit is None:
             return
-        from server.audit import AuditEvent
+        from server.audit import AuditEvent, decision_for
 
         body = body if isinstance(body, Mapping) else {}
         details = {k: (v[:64] if isinstance(v, str) else v)
@@ -273,13 +273,7 @@ class FedAvgDomain:
         epsilon = delta = None
         if error is None and action == "start" and result:
             epsilon, delta = result["charged"]["epsilon"], result["charged"]["delta"]
-        if error is None:
-            decision, code = "ok", None
-        elif isinstance(error, SqlgateError):
-            decision = "error" if error.http_status >= 500 else "refused"
-            code = error.code
-        else:
-            decision, code = "error", "internal_error"
+        decision, code = decision_for(error)
         audit.append(AuditEvent(channel="federation", action=f"fedavg.{action}",
                                 decision=decision, actor=peer, role="router", dataset=dataset,
                                 epsilon=epsilon, delta=delta, code=code, details=details))
