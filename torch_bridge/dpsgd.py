@@ -12,20 +12,21 @@ One step:
 4. Append each unit's loss, clamped to [0, L] and scaled to [0, C_loss] (C_loss = C/10):
    the progress loss is then released by the same Gaussian mechanism instead of leaking
    un-noised. The per-unit vector has L2 norm <= S = sqrt(C^2 + C_loss^2).
-5. Sum, add N(0, (sigma*S)^2) per coordinate with OpenDP, divide by the expected batch
-   (public: q * noisy unit count), and let the optimiser (SGD/Adam: post-processing) step.
+5. Sum, add discrete Gaussian noise of multiplier sigma with OpenDP on a fixed-point lattice
+   (`torch_bridge.noise.LatticeGaussian`), divide by the expected batch (public: q * noisy
+   unit count), and let the optimiser (SGD/Adam: post-processing) step.
 
 Sensitivity: adding or removing one unit changes the summed vector by at most S in L2,
 whatever its number of rows, because each unit is clipped as a whole. The accountant in
 `torch_bridge.accounting` analyses exactly this sampled Gaussian mechanism.
 
-Batch membership uses numpy's PCG64 seeded from the OS (`secrets`), never an analyst seed:
-amplification by sampling needs the batches to be secret and unpredictable.
+Batch membership comes from the OS CSPRNG (`torch_bridge.sampling`), never an analyst seed:
+amplification by sampling needs the batches to be secret and unpredictable. Batches and noise
+do not depend on the data, so both are drawn ahead on background threads; `close()` stops them.
 """
 from __future__ import annotations
 
 import math
-import secrets
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -38,7 +39,8 @@ from torch.func import functional_call, grad_and_value, vmap
 from torch_bridge.accounting import SgdPlan
 from torch_bridge.data import UnitData
 from torch_bridge.models import is_scripted
-from torch_bridge.noise import GaussianVector
+from torch_bridge.noise import LatticeGaussian
+from torch_bridge.sampling import PoissonBatches
 from torch_bridge.spec import TrainingSpec
 
 LOSS_SHARE = 0.1
@@ -111,9 +113,15 @@ class DPSGDTrainer:
         self.model = model
         self.spec = spec
         self.plan = plan
-        self.x = torch.from_numpy(data.x)
-        self.y = torch.from_numpy(data.y)
-        self.mask = torch.from_numpy(data.mask)
+        x, y, mask = (torch.from_numpy(a) for a in (data.x, data.y, data.mask))
+        # One [units, rows, features + 2] tensor so a step gathers its batch once; x, y and
+        # mask are views of it.
+        self._rows = torch.cat([x, y.to(x.dtype)[..., None], mask.to(x.dtype)[..., None]],
+                               dim=2)
+        width = x.shape[2]
+        self.x = self._rows[..., :width]
+        self.y = self._rows[..., width]
+        self.mask = self._rows[..., width + 1]
         self.units = data.units
         self.names = [n for n, _ in model.named_parameters()]
         self.params = [p for _, p in model.named_parameters()]
@@ -122,9 +130,10 @@ class DPSGDTrainer:
         self.loss_clip = spec.max_grad_norm * LOSS_SHARE
         self.loss_bound = spec.effective_loss_bound
         sensitivity = math.sqrt(self.clip ** 2 + self.loss_clip ** 2)
-        self.noise = GaussianVector(self.dim + 1, plan.noise_multiplier * sensitivity)
+        self.noise = LatticeGaussian(self.dim + 1, plan.noise_multiplier, sensitivity,
+                                     steps=plan.steps)
+        self.batches = PoissonBatches(self.units, plan.sample_rate, steps=plan.steps)
         self.optimizer = self._optimizer()
-        self._rng = np.random.default_rng(secrets.randbits(128))
         self._stack = _linear_stack(model)
         if is_scripted(model):
             self._per_unit = self._scripted_grads
@@ -138,18 +147,20 @@ class DPSGDTrainer:
 
     def step(self) -> float:
         """One DP-SGD step; returns the noisy mean loss of the step (a DP release)."""
-        batch = np.flatnonzero(self._rng.random(self.units) < self.plan.sample_rate)
+        batch = self.batches.next()
         total = torch.zeros(self.dim + 1, dtype=torch.float64)
         for start in range(0, len(batch), VMAP_CHUNK):
             index = torch.from_numpy(batch[start:start + VMAP_CHUNK])
-            total += self._clip_and_sum(self.x[index], self.y[index], self.mask[index])
+            rows = self._rows[index]
+            chunk = self._clip_and_sum(rows[..., :-2], rows[..., -2], rows[..., -1])
+            total = chunk if start == 0 else total + chunk
         noisy = torch.from_numpy(self.noise(total.numpy()))
         scale = 1.0 / self.plan.expected_batch
         update = (noisy[:-1] * scale).to(torch.float32)
         offset = 0
         for p in self.params:
             n = p.numel()
-            p.grad = update[offset:offset + n].view_as(p).clone()
+            p.grad = update[offset:offset + n].view_as(p)   # `update` is fresh each step
             offset += n
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -179,6 +190,11 @@ class DPSGDTrainer:
                         epsilon_spent=self.plan.epsilon_after(self.steps_done),
                         epsilon_target=self.spec.epsilon, delta=self.spec.delta))
         return epoch_losses
+
+    def close(self) -> None:
+        """Stop drawing noise and batches ahead (job finished, failed or cancelled)."""
+        self.noise.close()
+        self.batches.close()
 
     def state(self) -> dict[str, torch.Tensor]:
         """The trained parameters only (never buffers): what may be released."""
@@ -237,7 +253,10 @@ class DPSGDTrainer:
             else:
                 h = module(h)
         per_row = row_losses(self.spec.loss, h, y.reshape(-1)).view(b, k)
-        unit_losses = (per_row * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        if k == 1:  # the mean over one row is the row (or nothing: a unit without rows)
+            unit_losses = per_row.view(b) * mask.view(b)
+        else:
+            unit_losses = (per_row * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
         backprops = torch.autograd.grad(unit_losses.sum(), pre_activations)
         return inputs, backprops, unit_losses.detach()
 
@@ -260,6 +279,8 @@ class DPSGDTrainer:
         Equal to `_clipped_sum(_stack_grads(...))` up to float rounding (tested)."""
         b, k = x.shape[0], x.shape[1]
         inputs, backprops, unit_losses = self._stack_forward(x, y, mask)
+        if k == 1:
+            return self._one_row_clipped_sum(inputs, backprops, unit_losses)
         layers = [(a.view(b, k, -1), g.view(b, k, -1)) for a, g in zip(inputs, backprops)]
         norms2 = torch.zeros(b, dtype=torch.float64)
         for a3, g3 in layers:
@@ -282,6 +303,30 @@ class DPSGDTrainer:
             g3 = torch.where(keep, g3, torch.zeros_like(g3)) * factor.to(g3.dtype)[:, None, None]
             parts.append(torch.einsum("bko,bki->oi", g3, a3).reshape(-1).to(torch.float64))
             parts.append(g3.sum(dim=(0, 1)).to(torch.float64))
+        return torch.cat(parts + [self._loss_part(unit_losses)])
+
+    def _one_row_clipped_sum(self, inputs, backprops, unit_losses) -> torch.Tensor:
+        """`_stack_clipped_sum` when every unit has one row: a Linear layer's per-unit
+        gradient is the outer product g a^T plus g for the bias, of squared norm
+        |g|^2 (|a|^2 + 1), so no [b, k, k] Gram matrices and one matmul per layer."""
+        f64 = torch.float64
+        norms2 = sum(((a.to(f64) ** 2).sum(dim=1) + 1.0) * (g.to(f64) ** 2).sum(dim=1)
+                     for a, g in zip(inputs, backprops))
+        norms = norms2.sqrt()
+        factor = torch.clamp(self.clip * CLIP_MARGIN / (norms + 1e-12), max=1.0)
+        finite = torch.isfinite(norms)
+        if not bool(finite.all()):
+            # A finite norm implies finite factors (|a|^2 + 1 >= 1); a unit whose gradient
+            # is not finite contributes zero (norm 0 <= C).
+            factor = torch.where(finite, factor, torch.zeros_like(factor))
+            keep = finite[:, None]
+            inputs = [torch.where(keep, a, torch.zeros_like(a)) for a in inputs]
+            backprops = [torch.where(keep, g, torch.zeros_like(g)) for g in backprops]
+        parts = []
+        for a, g in zip(inputs, backprops):
+            scaled = g * factor.to(g.dtype)[:, None]
+            parts.append((scaled.t() @ a).reshape(-1).to(f64))
+            parts.append(scaled.sum(dim=0).to(f64))
         return torch.cat(parts + [self._loss_part(unit_losses)])
 
     def _scripted_grads(self, x, y, mask):

@@ -138,6 +138,11 @@ class LocalTrainer:
         return mask_share(self.party.name, list(parties), encode_signed(encoded), pair_keys,
                           context)
 
+    def close(self) -> None:
+        """Stop the trainer's background samplers (the job ended, whatever the outcome)."""
+        if self.trainer is not None:
+            self.trainer.close()
+
     def epsilon_spent(self) -> float:
         if self.plan is None or self.trainer is None:
             return 0.0
@@ -196,6 +201,15 @@ def federated_average(parties: Sequence[Party], spec: TrainingSpec, *, rounds: i
     if len(layouts) != 1:
         raise InvalidParameter("the parties' datasets encode the selected columns differently; "
                                "federated training needs identical metadata for them")
+    try:
+        return _run_rounds(locals_, names, keys, rounds, update_clip, job_id, on_round, cancel)
+    finally:
+        for trainer in locals_:
+            trainer.close()
+
+
+def _run_rounds(locals_: list[LocalTrainer], names: list[str], keys, rounds: int,
+                update_clip: float, job_id: str, on_round, cancel) -> FedAvgResult:
     global_state = locals_[0].initial_state()
     plans = [t.prepare() for t in locals_]
     history = []

@@ -75,7 +75,10 @@ def train(gateway, dataset: str, analyst: str, spec: TrainingSpec, *, job_id: st
     plan = plan_sgd(noisy_count(data.units, split.count_epsilon), spec.batch_size,
                     spec.epochs, split)
     trainer = DPSGDTrainer(model, spec, plan, data)
-    trainer.run(plan.steps, on_progress=on_progress, cancel=cancel)
+    try:
+        trainer.run(plan.steps, on_progress=on_progress, cancel=cancel)
+    finally:
+        trainer.close()
     final_epsilon = plan.epsilon_after(plan.steps)
     info = {"dataset": meta.name, "job_id": job_id, "spec": _public_spec(spec),
             "layout": query.layout(), "privacy": {**plan.to_dict(), "epsilon": final_epsilon,

@@ -225,6 +225,8 @@ class FedAvgDomain:
         job_id = request.spec[FEDERATED_KEY]["job_id"]
         with self._lock:
             job = self._jobs.pop(job_id, None)
+        if job is not None:
+            job.trainer.close()
         store = self.state.requests
         if request.status == "pending":
             store.deny(request.id, f"federation:{peer}",

@@ -21,7 +21,7 @@ from torch_bridge.accounting import (calibrate_sigma, job_cost, plan_sgd, sgd_ep
 from torch_bridge.data import UnitData  # noqa: E402
 from torch_bridge.dpsgd import DPSGDTrainer  # noqa: E402
 from torch_bridge.models import build_model  # noqa: E402
-from torch_bridge.noise import GaussianVector, noisy_count  # noqa: E402
+from torch_bridge.noise import LATTICE_BITS, LatticeGaussian, noisy_count  # noqa: E402
 from torch_bridge.spec import SpecError, parse_training_spec  # noqa: E402
 
 
@@ -52,19 +52,104 @@ def test_plan_uses_the_noisy_count_and_splits_epsilon():
     assert (cost.measure, cost.epsilon, cost.delta) == ("pure", 3.0, 1e-5)
 
 
-def test_opendp_gaussian_vector_and_count():
-    noise = GaussianVector(4000, 2.0)
+def test_opendp_lattice_gaussian_and_count():
+    noise = LatticeGaussian(4000, 2.0, 1.0, steps=2)
     drawn = noise(np.zeros(4000))
-    assert drawn.shape == (4000,) and 1.8 < drawn.std() < 2.2 and abs(drawn.mean()) < 0.2
+    assert drawn.shape == (4000,) and 1.9 < drawn.std() < 2.1 and abs(drawn.mean()) < 0.2
+    # Every output lies on the lattice: data and noise were added as integers.
+    steps = drawn / noise.lattice_step
+    assert np.array_equal(steps, np.rint(steps))
     shifted = noise(np.full(4000, 10.0))
     assert 9.8 < shifted.mean() < 10.2
+    extra = noise(np.zeros(4000))                 # beyond the planned steps: drawn on demand
+    assert 1.9 < extra.std() < 2.1 and not np.array_equal(extra, drawn)
     with pytest.raises(ValueError):
         noise(np.zeros(3))
     with pytest.raises(FloatingPointError):
         noise(np.full(4000, np.nan))
+    with pytest.raises(OverflowError):
+        noise(np.full(4000, 1e30))
+    noise.close()
     counts = [noisy_count(1000, 1.0) for _ in range(200)]
     assert all(isinstance(c, int) for c in counts)
     assert 990 < float(np.mean(counts)) < 1010 and len(set(counts)) > 5
+
+
+def test_lattice_noise_scale_covers_the_rounded_sensitivity():
+    """Sums with and without any one unit differ by at most the planned sensitivity in lattice
+    steps after rounding, and the OpenDP scale is sigma times that."""
+    noise = LatticeGaussian(50, 1.5, 2.0, steps=0)
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        others = rng.normal(size=50) * rng.uniform(0, 1e3)
+        unit = rng.normal(size=50)
+        unit *= 2.0 / np.linalg.norm(unit)                      # norm exactly S = 2
+        with_unit = np.rint((others + unit) / noise.lattice_step)
+        without = np.rint(others / noise.lattice_step)
+        assert np.linalg.norm(with_unit - without) <= noise.sensitivity_steps
+    assert noise.sensitivity_steps == 2 ** LATTICE_BITS + math.sqrt(50)
+    assert noise.scale_steps == pytest.approx(1.5 * noise.sensitivity_steps)
+    assert noise.std >= 1.5 * 2.0
+
+
+def test_noise_is_drawn_ahead_and_each_draw_is_used_once():
+    noise = LatticeGaussian(7, 1.0, 1.0, steps=40)
+    outputs = np.stack([noise(np.zeros(7)) for _ in range(40)])
+    # 280 i.i.d. draws at scale ~1e6 lattice steps: a repeated vector would mean reuse.
+    assert len({row.tobytes() for row in outputs}) == 40
+    assert 0.8 < outputs.std() < 1.2
+    noise.close()
+
+
+def test_noise_chunks_grow_and_cover_every_step():
+    from torch_bridge.noise import chunk_steps
+
+    assert chunk_steps(0, 8) == []
+    assert chunk_steps(1, 8) == [1]
+    assert chunk_steps(20, 8) == [1, 2, 4, 8, 5]
+    assert sum(chunk_steps(1000, 3)) == 1000 and max(chunk_steps(1000, 3)) == 3
+
+
+def test_prefetcher_propagates_worker_errors_and_stops_on_close():
+    from torch_bridge.prefetch import Prefetcher
+
+    def make(i):
+        if i == 3:
+            raise ZeroDivisionError("boom")
+        return i
+
+    ahead = Prefetcher(6, make, workers=1, depth=2)
+    got = [ahead.take() for _ in range(3)]
+    assert got == [0, 1, 2]
+    with pytest.raises(ZeroDivisionError):
+        ahead.take()
+    stopped = Prefetcher(1000, lambda i: i, workers=2, depth=2)
+    stopped.take()
+    stopped.close()
+    with pytest.raises(RuntimeError):
+        stopped.take()
+    for thread in stopped._threads:
+        thread.join(timeout=5)
+        assert not thread.is_alive()
+    with pytest.raises(IndexError):
+        done = Prefetcher(1, lambda i: i)
+        done.take()
+        done.take()
+
+
+def test_poisson_batches_come_from_the_os_csprng_at_the_planned_rate():
+    from torch_bridge.sampling import PoissonBatches, poisson_batch
+
+    sizes = [len(poisson_batch(10_000, 0.05)) for _ in range(50)]
+    assert 450 < float(np.mean(sizes)) < 550
+    assert len(set(map(len, [poisson_batch(10_000, 0.05) for _ in range(5)]))) > 1
+    assert np.array_equal(poisson_batch(5, 1.0), np.arange(5))
+    with pytest.raises(ValueError):
+        poisson_batch(10, 0.0)
+    batches = PoissonBatches(1000, 0.1, steps=3)
+    drawn = [batches.next() for _ in range(5)]          # two beyond the plan: drawn on demand
+    assert all(b.max() < 1000 and len(np.unique(b)) == len(b) for b in drawn)
+    batches.close()
 
 
 def _trainer(units: int = 40, rows: int = 3, clip: float = 0.5):
