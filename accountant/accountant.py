@@ -39,6 +39,9 @@ class Accountant:
         self.ledger = ledger
         self._datasets: dict[str, DatasetAccounting] = {}
         self._lock = threading.Lock()
+        # (measure, budget) pairs whose Limits were computed (rho_for_epsilon cached); a set
+        # only grows, and add/contains are atomic, so no lock is needed around it.
+        self._warm_budgets: set[tuple[str, Budget]] = set()
 
     # ------------------------------------------------------------------ registration
 
@@ -126,14 +129,27 @@ class Accountant:
         _check_name(analyst, "analyst")
         ds = self._dataset(dataset)
         _check_cost(ds, cost)
-        # Fail fast without the write lock, and warm the rho_for_epsilon cache so the locked
-        # section below never runs the (slow, ~0.1 s) bisection.
-        self.check(analyst, dataset, cost)
         request = ChargeRequest(analyst, dataset, cost.measure, cost.epsilon, cost.delta,
                                 cost.rho, query_key, query_text)
-        return self.ledger.charge(
-            request, lambda override, spent: self._decide(ds, analyst, cost, override, spent),
-            answer=None if answer is None else bytes(answer))
+
+        def decide(override: Budget | None, spent: Spent) -> None:
+            budget = self._budget(ds, analyst, override)
+            if not self._is_warm(ds.measure, budget):
+                raise _ColdLimits(budget)  # rolls the transaction back: nothing written
+            self._decide(ds, analyst, cost, override, spent)
+
+        # No separate pre-check read: the decision is made under the ledger's lock anyway
+        # (callers like the gateway pre-check already), and a read per charge was a
+        # visible part of a query's fixed cost. The (slow, ~0.1 s) rho_for_epsilon
+        # bisection never runs under the lock: a budget not seen before aborts the
+        # transaction, is computed outside it, and the charge starts again.
+        self._warm(ds.measure, self._budget(ds, analyst, None))
+        while True:
+            try:
+                return self.ledger.charge(request, decide,
+                                          answer=None if answer is None else bytes(answer))
+            except _ColdLimits as cold:
+                self._warm(ds.measure, cold.budget)
 
     def record_answer(self, charge_id: int, answer: bytes) -> None:
         if not isinstance(answer, (bytes, bytearray, memoryview)):
@@ -144,13 +160,32 @@ class Accountant:
 
     def _decide(self, ds: DatasetAccounting, analyst: str, cost: PrivacyCost,
                 override: Budget | None, spent: Spent) -> None:
-        limits = Limits.for_budget(ds.measure, self._budget(ds, analyst, override))
+        budget = self._budget(ds, analyst, override)
+        limits = Limits.for_budget(ds.measure, budget)
+        self._warm_budgets.add((ds.measure, budget))
         if limits.fits(spent, cost):
             return
         raise _exhausted(ds, analyst, cost, limits, spent)
 
+    def _is_warm(self, measure: str, budget: Budget) -> bool:
+        # Pure limits are plain arithmetic; zcdp ones need rho_for_epsilon (lru-cached).
+        return measure == "pure" or (measure, budget) in self._warm_budgets
+
+    def _warm(self, measure: str, budget: Budget) -> None:
+        if not self._is_warm(measure, budget):
+            Limits.for_budget(measure, budget)
+            self._warm_budgets.add((measure, budget))
+
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _ColdLimits(Exception):
+    """Raised inside a charge's transaction when the budget's limits are not computed yet."""
+
+    def __init__(self, budget: Budget):
+        super().__init__("budget limits not computed yet")
+        self.budget = budget
 
 
 def _check_name(value: str, what: str) -> None:

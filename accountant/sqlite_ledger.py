@@ -65,6 +65,22 @@ BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
 """
 
 
+# The override, every charge and (lookup) the latest cached answer of one (analyst, dataset)
+# as tagged rows of one UNION ALL. Charge rows carry their measure ('pure' | 'zcdp', by the
+# table's CHECK), so the tags below cannot collide with them.
+_BUDGET_TAG = "budget"
+_ANSWER_TAG = "answer"
+_STATE_SQL = (
+    f"SELECT '{_BUDGET_TAG}', NULL, epsilon, delta, NULL FROM budgets "
+    "WHERE analyst = ? AND dataset = ? "
+    "UNION ALL SELECT measure, NULL, epsilon, delta, rho FROM charges "
+    "WHERE analyst = ? AND dataset = ?")
+_ANSWER_SQL = (
+    f" UNION ALL SELECT '{_ANSWER_TAG}', answer, NULL, NULL, NULL FROM "
+    "(SELECT answer FROM answers WHERE analyst = ? AND dataset = ? AND query_key = ? "
+    "ORDER BY charge_id DESC LIMIT 1)")
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -130,32 +146,35 @@ class SqliteLedger(Ledger):
                 conn.execute("ROLLBACK")
             raise
 
-    @contextlib.contextmanager
-    def _read(self, conn: sqlite3.Connection) -> Iterator[None]:
-        # A deferred transaction that only reads: one consistent WAL snapshot, no write lock.
-        conn.execute("BEGIN")
-        try:
-            yield
-        finally:
-            conn.execute("COMMIT")
-
     @staticmethod
-    def _override(conn: sqlite3.Connection, analyst: str, dataset: str) -> Budget | None:
-        row = conn.execute("SELECT epsilon, delta FROM budgets WHERE analyst = ? AND dataset = ?",
-                           (analyst, dataset)).fetchone()
-        return None if row is None else Budget(epsilon=row[0], delta=row[1])
-
-    @staticmethod
-    def _spent(conn: sqlite3.Connection, analyst: str, dataset: str) -> Spent:
-        rows = conn.execute("SELECT measure, epsilon, delta, rho FROM charges "
-                            "WHERE analyst = ? AND dataset = ?", (analyst, dataset))
-        return Spent.from_rows(rows)
+    def _state(conn: sqlite3.Connection, analyst: str, dataset: str,
+               query_key: str | None = None) -> tuple[bytes | None, Budget | None, Spent]:
+        """(cached answer, override, spent) in ONE statement: a single SELECT reads one WAL
+        snapshot by itself, so it needs no BEGIN/COMMIT around it, and one statement
+        instead of three (plus two) was a visible part of every query's fixed cost."""
+        params: tuple = (analyst, dataset, analyst, dataset)
+        sql = _STATE_SQL
+        if query_key is not None:
+            sql += _ANSWER_SQL
+            params += (analyst, dataset, query_key)
+        answer = override = None
+        charges = []
+        for tag, blob, epsilon, delta, rho in conn.execute(sql, params):
+            if tag == _BUDGET_TAG:
+                override = Budget(epsilon=epsilon, delta=delta)
+            elif tag == _ANSWER_TAG:
+                answer = bytes(blob)
+            else:
+                charges.append((tag, epsilon, delta, rho))
+        return answer, override, Spent.from_rows(charges)
 
     # ------------------------------------------------------------------ Ledger
 
     def get_override(self, analyst: str, dataset: str) -> Budget | None:
         with self._connection() as conn:
-            return self._override(conn, analyst, dataset)
+            row = conn.execute("SELECT epsilon, delta FROM budgets WHERE analyst = ? AND "
+                               "dataset = ?", (analyst, dataset)).fetchone()
+            return None if row is None else Budget(epsilon=row[0], delta=row[1])
 
     def set_override(self, analyst: str, dataset: str, budget: Budget, set_by: str) -> None:
         with self._connection() as conn, self._write(conn):
@@ -167,25 +186,29 @@ class SqliteLedger(Ledger):
                 (analyst, dataset, float(budget.epsilon), float(budget.delta), set_by, _now()))
 
     def snapshot(self, analyst: str, dataset: str) -> tuple[Budget | None, Spent]:
-        with self._connection() as conn, self._read(conn):
-            return self._override(conn, analyst, dataset), self._spent(conn, analyst, dataset)
+        with self._connection() as conn:
+            _, override, spent = self._state(conn, analyst, dataset)
+            return override, spent
 
     def charge(self, request: ChargeRequest, decide: Decide, answer: bytes | None = None) -> int:
         with self._connection() as conn:
             with self._write(conn):
-                decide(self._override(conn, request.analyst, request.dataset),
-                       self._spent(conn, request.analyst, request.dataset))
+                # Read under the write lock (BEGIN IMMEDIATE): the re-check sees every
+                # committed charge, and none can commit before ours.
+                _, override, spent = self._state(conn, request.analyst, request.dataset)
+                now = _now()
+                decide(override, spent)
                 cursor = conn.execute(
                     "INSERT INTO charges (analyst, dataset, measure, epsilon, delta, rho, "
                     "query_key, query_text, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (request.analyst, request.dataset, request.measure, float(request.epsilon),
                      float(request.delta), float(request.rho), request.query_key,
-                     request.query_text, _now()))
+                     request.query_text, now))
                 charge_id = cursor.lastrowid
                 if answer is not None:
                     # Same transaction as the charge: one commit (one WAL fsync) per query.
                     self._insert_answer(conn, charge_id, request.analyst, request.dataset,
-                                        request.query_key, answer)
+                                        request.query_key, answer, now)
             return int(charge_id)
 
     def record_answer(self, charge_id: int, answer: bytes) -> None:
@@ -197,14 +220,14 @@ class SqliteLedger(Ledger):
             if conn.execute("SELECT 1 FROM answers WHERE charge_id = ?",
                             (int(charge_id),)).fetchone():
                 raise Conflict(f"an answer is already recorded for charge {int(charge_id)}")
-            self._insert_answer(conn, int(charge_id), row[0], row[1], row[2], answer)
+            self._insert_answer(conn, int(charge_id), row[0], row[1], row[2], answer, _now())
 
     @staticmethod
     def _insert_answer(conn: sqlite3.Connection, charge_id: int, analyst: str, dataset: str,
-                       query_key: str | None, answer: bytes) -> None:
+                       query_key: str | None, answer: bytes, now: str) -> None:
         conn.execute("INSERT INTO answers (charge_id, analyst, dataset, query_key, answer, "
                      "created_at) VALUES (?, ?, ?, ?, ?, ?)",
-                     (int(charge_id), analyst, dataset, query_key, bytes(answer), _now()))
+                     (int(charge_id), analyst, dataset, query_key, bytes(answer), now))
 
     @staticmethod
     def _cached(conn: sqlite3.Connection, analyst: str, dataset: str,
@@ -220,13 +243,12 @@ class SqliteLedger(Ledger):
 
     def lookup(self, analyst: str, dataset: str, query_key: str
                ) -> tuple[bytes | None, Budget | None, Spent | None]:
-        # One read transaction (one WAL snapshot) for the answer cache and the budget
-        # pre-check, where separate calls took two.
-        with self._connection() as conn, self._read(conn):
-            cached = self._cached(conn, analyst, dataset, query_key)
+        # One statement (one WAL snapshot) for the answer cache and the budget pre-check.
+        with self._connection() as conn:
+            cached, override, spent = self._state(conn, analyst, dataset, query_key)
             if cached is not None:
                 return cached, None, None
-            return None, self._override(conn, analyst, dataset), self._spent(conn, analyst, dataset)
+            return None, override, spent
 
     def history(self, analyst: str | None = None, dataset: str | None = None) -> list[dict]:
         where, params = history_filter(analyst, dataset, "?")

@@ -15,6 +15,7 @@ from typing import Callable
 from sqlglot import exp
 
 from rewriter.rowexpr import check_row_expression, conjuncts, total_condition
+from rewriter.truncation import truncated_read
 from sqlgate.errors import PolicyRefused, UndefinedColumn, UnsupportedQuery
 from sqlgate.metadata import ColumnMeta, DatasetMeta, TableMeta
 
@@ -99,7 +100,9 @@ class QueryScope:
 
     @property
     def truncate_rows_per_unit(self) -> int | None:
-        """Rows one unit can have in the FROM clause when its tables were truncated at ingest.
+        """Rows one unit can have in the FROM clause when its tables are truncated per unit
+        (at ingest, `truncate_rows_per_unit`, or when read, `max_rows_per_unit`: the
+        smaller of the two, `TableMeta.rows_per_unit`).
 
         One private table read once: its k. Private tables, each truncated and carrying its
         unit column, INNER-joined so that equalities of unit columns connect all of them:
@@ -109,13 +112,17 @@ class QueryScope:
         """
         private = self.private_sources
         if len(private) == 1 and len(self.sources) == 1:
-            return private[0].table.truncate_rows_per_unit
-        if len(private) != len(self.sources) or not all(
-                s.table.truncate_rows_per_unit and s.table.privacy_unit for s in private):
+            return private[0].table.rows_per_unit
+        if len(private) != len(self.sources) or not all(s.table.rows_per_unit for s in private):
             return None
         if any(kind != "INNER" for kind, _, _ in self.joins) or not self._units_equated():
             return None
-        return math.prod(s.table.truncate_rows_per_unit for s in private)
+        return math.prod(s.table.rows_per_unit for s in private)
+
+    @property
+    def truncated_at_query_time(self) -> list[Source]:
+        """The sources read through a per-unit truncation (rewriter/truncation.py)."""
+        return [s for s in self.sources.values() if s.table.truncated_at_query_time]
 
     def _units_equated(self) -> bool:
         """Do the ON conditions' bare `unit = unit` conjuncts connect every source?"""
@@ -148,11 +155,16 @@ class QueryScope:
             select = select.join(self._table_node(alias), on=condition.copy(), join_type=kind)
         return select
 
-    def _table_node(self, alias: str) -> exp.Table:
+    def _table_node(self, alias: str) -> exp.Expression:
         source = self.sources[alias]
-        return exp.Table(this=exp.to_identifier(source.table.name, quoted=True),
+        node = exp.Table(this=exp.to_identifier(source.table.name, quoted=True),
                          db=exp.to_identifier(source.dataset.name, quoted=True),
                          alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)))
+        if source.table.truncated_at_query_time:
+            # Every read of the table goes through the truncation, before joins and WHERE,
+            # exactly like a table truncated at ingest (see rewriter/truncation.py).
+            return truncated_read(source.table, node, alias, source.table.max_rows_per_unit)
+        return node
 
 
 def build_scope(select: exp.Select, resolve_table: TableResolver) -> QueryScope:

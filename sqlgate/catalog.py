@@ -20,6 +20,7 @@ from sqlglot import exp
 from sqlgate.errors import DataLoadError, MetadataError, NotFound, UndefinedTable
 from sqlgate.executor import DuckDBExecutor
 from sqlgate.metadata import DatasetMeta, TableMeta, dataset_to_dict, parse_dataset
+from rewriter.truncation import truncation_order
 
 _DUCKDB_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN",
                  "date": "DATE"}
@@ -193,8 +194,10 @@ def _load_table(conn, schema: str, table: TableMeta, source: Any) -> None:
         select = ", ".join(f'"{c}"' for c in table.columns)
         target = f'"{schema}"."{table.name}"'
         if table.truncate_rows_per_unit and table.privacy_unit:
-            # Deterministic choice of k rows per unit: a hash of the row, not its position.
-            order = "hash(" + ", ".join(f'"{c}"' for c in table.columns) + ")"
+            # Deterministic choice of k rows per unit: a hash of the row, ties by the row
+            # itself, never its position (the same rule as query-time truncation).
+            order = ", ".join(o.sql(dialect="duckdb") for o in truncation_order(
+                [exp.column(c, quoted=True) for c in table.columns]))
             conn.execute(
                 f'CREATE TABLE {target} AS SELECT {select} FROM "{staging}" '
                 f'QUALIFY row_number() OVER (PARTITION BY "{table.privacy_unit}" ORDER BY {order}) '

@@ -36,7 +36,7 @@ from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
 from sqlgate.mock import mock_dataset_table
 from sqlgate.plan_cache import PlanCache, PlannedQuery
 from sqlgate.postprocess import (POSTPROCESS_MEMORY_LIMIT, run_postprocess, type_from_engine,
-                                 typed_keys)
+                                 typed_keys, verified_projection)
 from sqlgate.results import DPResult, ExactResult, Explanation, OutputColumn
 
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0
@@ -255,7 +255,9 @@ class Gateway:
         plan = plan_query(sql, lambda node: resolve_in(metas, node))
         postprocess_sql = plan.postprocess.sql(dialect="duckdb")
         _, types = self._run_postprocess(postprocess_sql, _empty_noisy_table(plan))
-        return PlannedQuery(plan, postprocess_sql, tuple(types))
+        fast = verified_projection(self._scratch(), plan.postprocess, postprocess_sql,
+                                   _noisy_schema(plan))
+        return PlannedQuery(plan, postprocess_sql, tuple(types), fast)
 
     @staticmethod
     def _epsilon(meta: DatasetMeta, epsilon: float | None) -> float:
@@ -290,7 +292,10 @@ class Gateway:
         return _columns(planned.plan, planned.output_types, release_plan)
 
     def _postprocess(self, planned: PlannedQuery, release_plan, noisy: pa.Table):
-        rows, types = self._run_postprocess(planned.postprocess_sql, noisy)
+        done = planned.fast_postprocess.run(noisy) if planned.fast_postprocess else None
+        # None: not a plain projection, or values (NULL, zero divisor...) the engine decides.
+        rows, types = done if done is not None else \
+            self._run_postprocess(planned.postprocess_sql, noisy)
         return rows, _columns(planned.plan, types, release_plan, noisy)
 
 
@@ -418,13 +423,24 @@ def _values_by_cell(values: pa.Table | pd.DataFrame | None,
             keys = [k + (v,) for k in keys for v in column_keys]
     counts = np.bincount(codes, minlength=len(keys))
     groups = np.flatnonzero(counts)
+    cells = {}
+    if len(groups) <= _MASKED_GROUPS:
+        # Few cells (public key sets): one vectorised mask per cell is ~4x cheaper than
+        # sorting all codes. Values stay in row order, as the sort below keeps them.
+        for code in groups.tolist():
+            mask = codes == code
+            cells[keys[code]] = {i: array[mask] for i, array in enumerate(value_arrays)}
+        return cells
     order = np.argsort(codes, kind="stable")
     bounds = np.cumsum(counts[groups])[:-1]
     split = [np.split(array[order], bounds) for array in value_arrays]
-    cells = {}
     for g, code in enumerate(groups.tolist()):
         cells[keys[code]] = {i: split[i][g] for i in range(len(value_arrays))}
     return cells
+
+
+# Up to this many cells, _values_by_cell selects each cell with a mask instead of a sort.
+_MASKED_GROUPS = 16
 
 
 def _key_scalar(value):
@@ -433,6 +449,15 @@ def _key_scalar(value):
     if isinstance(value, datetime.datetime):
         return value.date()  # as the pandas path did (Timestamp keys matched as dates)
     return value
+
+
+def _noisy_schema(plan: DPPlan) -> pa.Schema:
+    """The Arrow schema _noisy_table gives (keys through _key_array's Arrow types)."""
+    fields = [pa.field(name, _ARROW_KEY_TYPES.get(type_name, pa.string()))
+              for name, type_name in zip(plan.keys.key_names, plan.keys.key_types)]
+    fields += [pa.field(m.name, pa.int64()) for m in plan.measures]
+    fields += [pa.field(q.name, pa.float64()) for q in plan.quantiles]
+    return pa.schema(fields)
 
 
 def _empty_noisy_table(plan: DPPlan) -> pd.DataFrame:
@@ -468,8 +493,7 @@ def _accuracy_notes(plan: DPPlan) -> tuple[str, ...]:
     if plan.keys.mode == "threshold":
         notes.append("group keys come from the data and are released only when their noisy "
                      "count passes the threshold")
-    if plan.direct_path:
-        notes.append("contributions were bounded at ingest (truncated rows per unit)")
+    notes.extend(plan.notes)  # how contributions were bounded (rewriter: ingest / query time)
     return tuple(notes)
 
 

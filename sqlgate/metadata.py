@@ -68,9 +68,29 @@ class TableMeta:
     max_groups_per_unit: int = 1
     max_rows_per_group: int = 1
     truncate_rows_per_unit: int | None = None
+    max_rows_per_unit: int | None = None
+    """Query-time bound: each unit contributes at most this many rows of the table to any
+    query; the planner reads the table through a per-unit truncation (rewriter/truncation.py)."""
 
     def column(self, name: str) -> ColumnMeta | None:
         return self.columns.get(name.lower())
+
+    @property
+    def rows_per_unit(self) -> int | None:
+        """The most rows one unit has in this table as queries read it: the smaller of the
+        ingest truncation and the query-time bound (None: no such bound)."""
+        if not self.privacy_unit:
+            return None
+        bounds = [b for b in (self.truncate_rows_per_unit, self.max_rows_per_unit) if b]
+        return min(bounds) if bounds else None
+
+    @property
+    def truncated_at_query_time(self) -> bool:
+        """Whether queries must truncate the table themselves: the query-time bound is
+        tighter than what ingest already enforced (or there was no ingest truncation)."""
+        return (self.privacy_unit is not None and self.max_rows_per_unit is not None
+                and (self.truncate_rows_per_unit is None
+                     or self.max_rows_per_unit < self.truncate_rows_per_unit))
 
 
 @dataclass(frozen=True)
@@ -158,7 +178,7 @@ def _table(name: str, spec: Any) -> TableMeta:
     spec = _mapping(spec, where)
     _reject_unknown(spec, where, {"source", "privacy_unit", "unit_via", "public", "columns",
                                   "max_groups_per_unit", "max_rows_per_group",
-                                  "truncate_rows_per_unit"})
+                                  "truncate_rows_per_unit", "max_rows_per_unit"})
     columns_raw = _mapping(spec.get("columns"), f"{where}.columns")
     if not columns_raw:
         raise MetadataError(f"{where}.columns", "at least one column is required")
@@ -193,6 +213,20 @@ def _table(name: str, spec: Any) -> TableMeta:
     truncate = spec.get("truncate_rows_per_unit")
     if truncate is not None:
         truncate = _positive_int(truncate, f"{where}.truncate_rows_per_unit")
+    max_rows = spec.get("max_rows_per_unit")
+    if max_rows is not None:
+        max_rows = _positive_int(max_rows, f"{where}.max_rows_per_unit")
+        if public:
+            raise MetadataError(f"{where}.max_rows_per_unit", "a public table has no privacy unit "
+                                "to bound rows for")
+        if unit_via is not None:
+            # The unit is only known after joining the parent table, so the table cannot be
+            # truncated per unit on its own; its rows stay bounded per group (L0 x Linf).
+            raise MetadataError(f"{where}.max_rows_per_unit",
+                                f"not supported on a table that reaches its unit through "
+                                f"unit_via; declare it on '{unit_via.table}' (the table holding "
+                                "the unit) and bound this table with max_groups_per_unit and "
+                                "max_rows_per_group")
     source = spec.get("source")
     if source is not None and not isinstance(source, str):
         raise MetadataError(f"{where}.source", "must be a path to a CSV or Parquet file")
@@ -201,7 +235,7 @@ def _table(name: str, spec: Any) -> TableMeta:
         source=source,
         max_groups_per_unit=_positive_int(spec.get("max_groups_per_unit", 1), f"{where}.max_groups_per_unit"),
         max_rows_per_group=_positive_int(spec.get("max_rows_per_group", 1), f"{where}.max_rows_per_group"),
-        truncate_rows_per_unit=truncate,
+        truncate_rows_per_unit=truncate, max_rows_per_unit=max_rows,
     )
 
 
@@ -367,6 +401,8 @@ def dataset_to_dict(meta: DatasetMeta) -> dict:
             body["max_rows_per_group"] = table.max_rows_per_group
         if table.truncate_rows_per_unit is not None:
             body["truncate_rows_per_unit"] = table.truncate_rows_per_unit
+        if table.max_rows_per_unit is not None:
+            body["max_rows_per_unit"] = table.max_rows_per_unit
         tables[table.name] = body
     return {
         "dataset": meta.name,

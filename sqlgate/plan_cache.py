@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Callable, Hashable
 
 from rewriter.plan import DPPlan
+from sqlgate.postprocess import FastProjection
 
 DEFAULT_CAPACITY = 512
 
@@ -26,6 +27,9 @@ class PlannedQuery:
     """plan.postprocess rendered for DuckDB once (sqlglot generation is not free)."""
     output_types: tuple[str, ...]
     """Engine types of the post-processed columns, found on an empty noisy table."""
+    fast_postprocess: FastProjection | None = None
+    """The post-processing evaluated without the engine, when it is a plain projection
+    (checked against the engine when planned); None: always the engine."""
 
 
 class PlanCache:

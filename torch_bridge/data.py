@@ -170,7 +170,7 @@ def plan_training_query(meta: DatasetMeta, spec: TrainingSpec) -> TrainingQuery:
     label = _label(table.column(spec.label), spec.task)
     k = spec.max_rows_per_unit or min(
         MAX_ROWS_PER_UNIT,
-        table.truncate_rows_per_unit or table.max_groups_per_unit * table.max_rows_per_group)
+        table.rows_per_unit or table.max_groups_per_unit * table.max_rows_per_group)
     columns = [exp.column(table.privacy_unit, quoted=True).as_(UNIT_ALIAS)]
     columns += [exp.column(n, quoted=True) for n in names]
     query = exp.select(*columns).from_(exp.Table(this=exp.to_identifier(table.name, quoted=True),

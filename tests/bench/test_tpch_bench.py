@@ -57,10 +57,12 @@ def test_raw_and_dp_answer_the_same_query(report):
             got_keys = {tuple(row[i] for i in dp["key_positions"]) for row in dp["example"]}
             # public keys: every true group (and absent public cells as noisy zeros)
             assert truth_keys <= got_keys
-    # the ingest variant really uses the direct (ingest-bounded) path on one private table
+    # both variants use the direct path on one private table: truncated at ingest, or read
+    # through the query-time truncation (max_rows_per_unit); the FK-path join cannot
     by_name = {q["name"]: q for q in saved["queries"]}
     assert by_name["q01_count_by_priority"]["dp"]["ingest"]["direct_path"] is True
-    assert by_name["q01_count_by_priority"]["dp"]["query"]["direct_path"] is False
+    assert by_name["q01_count_by_priority"]["dp"]["query"]["direct_path"] is True
+    assert by_name["q15_pricing_summary"]["dp"]["query"]["direct_path"] is False
 
 
 def test_missing_smartnoise_is_reported_not_faked(report):
@@ -98,3 +100,20 @@ def test_unknown_query_names_are_refused():
     with pytest.raises(ValueError, match="unknown benchmark queries: nope"):
         queries.select(["nope"])
     assert len(queries.SUITE) >= 15
+
+
+def test_query_time_metadata_bounds_like_ingest_and_like_smartnoise():
+    """The fair comparison: the query-time variant truncates to the ingest variant's k when it
+    reads, and SmartNoise gets the same total per unit as max_ids."""
+    from bench import tpch_bench
+    from bench.tpch import data
+
+    query, ingest = data.metadata("query"), data.metadata("ingest")
+    sn_tables = tpch_bench.smartnoise_metadata()["tpch"]["tpch"]
+    for name in ("customer", "orders"):
+        q, i = query.table(name), ingest.table(name)
+        assert q.max_rows_per_unit == i.truncate_rows_per_unit
+        assert q.truncate_rows_per_unit is None and q.truncated_at_query_time
+        assert sn_tables[name]["max_ids"] == q.max_rows_per_unit
+        # the per-unit fallback (public-table joins) bounds the same total per unit
+        assert q.max_groups_per_unit * q.max_rows_per_group == q.max_rows_per_unit

@@ -1,0 +1,98 @@
+"""Query-time truncation: read a private table as if its owner had kept at most k rows per
+unit at ingest (`max_rows_per_unit`).
+
+The choice rule is the ingest rule of the DuckDB catalog (sqlgate/catalog.py): a unit keeps
+its k rows with the smallest HASH of the whole row (every declared column, in metadata
+order). Ties in the hash are broken by the columns themselves, so the kept rows are a
+function of the unit's own rows only: never of other units, physical order or threads
+(rows equal in every column are interchangeable). Truncating each unit by a rule over its
+own rows maps neighbouring datasets to neighbouring datasets, so everything planned on top
+(joins, WHERE, the direct path's clamped sums) keeps its sensitivity argument.
+
+SQL shape, chosen with EXPLAIN ANALYZE on TPC-H orders (DuckDB 2.0, SF 0.1, 2 threads):
+a window over every row (`QUALIFY row_number() OVER (PARTITION BY unit ORDER BY hash(row))
+<= k`) costs 15-30 ms where the raw aggregate costs 0.4-3 ms, because it partitions and
+sorts the whole table. Most units have at most k rows and need no ranking at all, so the
+table is split by a per-unit row count (one hash aggregate over the unit column):
+
+    light: rows of units with <= k rows, all kept (a hash join; the query's filters are
+           pushed into this scan)
+    heavy: rows of units with > k rows, ranked by the hash rule, k kept
+
+    (SELECT cols FROM t JOIN (SELECT unit, COUNT(*) FROM t GROUP BY unit) c ... rows <= k
+     UNION ALL
+     SELECT cols FROM (... rows > k) QUALIFY ROW_NUMBER() OVER (PARTITION BY unit
+                                         ORDER BY HASH(cols), cols) <= k)
+
+which costs 2-4 ms over the raw aggregate when few units exceed k; when many do, the
+ranking dominates as in the plain window (SF 0.1 orders at k = 8, 93% of the rows in units
+over k: ~32 ms). Both halves keep exactly the rows the plain window would keep.
+
+On PostgreSQL and Spark the translation turns HASH into an MD5 of the row's text
+(sqlgate/backends/dialects.py), so those engines may keep other rows than DuckDB: the same
+bound and sensitivity, and still a choice made from the unit's own rows only. (The Python
+ingest truncation for those engines, sqlgate/backends/loading.py, hashes the row's repr:
+also per unit, also deterministic.)
+
+The tie-break columns cost nothing measurable in this shape (k = 8 above: 31-33 ms with
+them, 41-43 ms ordering by the hash alone, where DuckDB turns the window into a top-k
+aggregate); they are what makes the choice independent of physical order.
+"""
+from __future__ import annotations
+
+from sqlglot import exp
+
+from sqlgate.metadata import TableMeta
+
+_ROWS = "__rows"
+_UNIT = "__u"
+
+
+def truncation_order(columns: list[exp.Expression]) -> list[exp.Ordered]:
+    """ORDER BY of the choice rule: the row's HASH, ties broken by the row itself."""
+    return [exp.Ordered(this=exp.func("HASH", *[c.copy() for c in columns]))] + [
+        exp.Ordered(this=c.copy()) for c in columns]
+
+
+def truncated_read(table: TableMeta, node: exp.Table, alias: str, k: int) -> exp.Subquery:
+    """`(rows of `node` with at most k per unit) AS alias`, with the table's columns."""
+    names = list(table.columns)
+    unit = table.privacy_unit
+    if unit is None:
+        raise ValueError("query-time truncation needs a table with its own privacy unit")
+
+    def table(alias: str | None = None) -> exp.Table:
+        db = node.args.get("db")
+        return exp.Table(this=node.this.copy(), db=db.copy() if db else None,
+                         alias=exp.TableAlias(this=_ident(alias)) if alias else None)
+
+    def counted(comparison) -> exp.Select:
+        """The rows of units whose row count passes `comparison` with k."""
+        counts = (exp.select(exp.alias_(_qcol(unit), _UNIT, quoted=True),
+                             exp.alias_(exp.Count(this=exp.Star()), _ROWS, quoted=True))
+                  .from_(table()).group_by(_qcol(unit)))
+        on = exp.EQ(this=_qcol(unit, "__t"), expression=_qcol(_UNIT, "__c"))
+        return (exp.select(*[_qcol(n, "__t") for n in names]).from_(table("__t"))
+                .join(_aliased(counts, "__c"), on=on, join_type="INNER")
+                .where(comparison(this=_qcol(_ROWS, "__c"), expression=exp.Literal.number(k))))
+
+    light = counted(exp.LTE)
+    rank = exp.Window(this=exp.RowNumber(), partition_by=[_qcol(unit)],
+                      order=exp.Order(expressions=truncation_order([_qcol(n) for n in names])))
+    heavy = (exp.select(*[_qcol(n) for n in names])
+             .from_(_aliased(counted(exp.GT), "__h"))
+             .qualify(exp.LTE(this=rank, expression=exp.Literal.number(k))))
+    union = exp.union(light, heavy, distinct=False)
+    return _aliased(union, alias)
+
+
+def _aliased(query: exp.Expression, alias: str) -> exp.Subquery:
+    return exp.Subquery(this=query, alias=exp.TableAlias(this=_ident(alias)))
+
+
+def _ident(name: str) -> exp.Identifier:
+    return exp.to_identifier(name, quoted=True)
+
+
+def _qcol(name: str, table: str | None = None) -> exp.Column:
+    return exp.Column(this=_ident(name), table=_ident(table) if table else None)
