@@ -310,12 +310,15 @@ class DPSGDTrainer:
         gradient is the outer product g a^T plus g for the bias, of squared norm
         |g|^2 (|a|^2 + 1), so no [b, k, k] Gram matrices and one matmul per layer."""
         f64 = torch.float64
-        norms2 = sum(((a.to(f64) ** 2).sum(dim=1) + 1.0) * (g.to(f64) ** 2).sum(dim=1)
-                     for a, g in zip(inputs, backprops))
+        norms2 = None
+        for a, g in zip(inputs, backprops):
+            a64, g64 = a.to(f64), g.to(f64)
+            layer = (torch.linalg.vecdot(a64, a64) + 1.0) * torch.linalg.vecdot(g64, g64)
+            norms2 = layer if norms2 is None else norms2 + layer
         norms = norms2.sqrt()
         factor = torch.clamp(self.clip * CLIP_MARGIN / (norms + 1e-12), max=1.0)
-        finite = torch.isfinite(norms)
-        if not bool(finite.all()):
+        if not bool(torch.isfinite(norms2.sum())):
+            finite = torch.isfinite(norms)
             # A finite norm implies finite factors (|a|^2 + 1 >= 1); a unit whose gradient
             # is not finite contributes zero (norm 0 <= C).
             factor = torch.where(finite, factor, torch.zeros_like(factor))
@@ -354,5 +357,5 @@ class DPSGDTrainer:
         """Sum of per-unit losses clamped to [0, L] and scaled to [0, C_loss]."""
         losses = torch.nan_to_num(losses.to(torch.float64), nan=self.loss_bound,
                                   posinf=self.loss_bound, neginf=0.0)
-        return (losses.clamp(0.0, self.loss_bound) / self.loss_bound * self.loss_clip).sum() \
-            .reshape(1)
+        return losses.clamp_(0.0, self.loss_bound).div_(self.loss_bound).mul_(self.loss_clip) \
+            .sum().reshape(1)

@@ -4,6 +4,7 @@ Amplification by subsampling needs batches that are secret and unpredictable, so
 comes from `os.urandom` (never a seeded PRNG). Each unit joins a step's batch independently
 when its 32-bit uniform is below floor(q * 2^32): the realised rate q' <= q differs from q by
 < 2^-32, and privacy amplification is monotone in the rate, so accounting with q stays sound.
+(q = 1 selects everyone.)
 """
 from __future__ import annotations
 
@@ -12,37 +13,45 @@ import os
 
 import numpy as np
 
-from torch_bridge.prefetch import Prefetcher
 
 
 def poisson_batch(units: int, sample_rate: float) -> np.ndarray:
-    """Indices of the units selected for one step."""
+    """Indices of the units selected for one step.
+
+    Unit i is selected when its 32-bit uniform U_i < T = floor(q * 2^32). U_i is compared a
+    byte at a time, exactly: its top byte decides unless it equals T's top byte (probability
+    1/256), and only those units draw their other three bytes. That reads ~1 byte per unit
+    from the CSPRNG instead of 4, cheap enough to run inline on the training thread (a
+    background sampler contended for the GIL with every torch call)."""
     if not 0 < sample_rate <= 1:
         raise ValueError("sample rate must be in (0, 1]")
     if units <= 0:
         return np.zeros(0, dtype=np.int64)
-    if sample_rate >= 1.0:
-        return np.arange(units, dtype=np.int64)
     threshold = math.floor(sample_rate * 2 ** 32)
-    uniforms = np.frombuffer(os.urandom(4 * units), dtype=np.uint32)
-    return np.flatnonzero(uniforms < threshold)
+    if threshold >= 2 ** 32:
+        return np.arange(units, dtype=np.int64)
+    top, rest = threshold >> 24, threshold & 0xFFFFFF
+    first = np.frombuffer(os.urandom(units), dtype=np.uint8)
+    candidates = np.flatnonzero(first <= top)
+    tied = first[candidates] == top
+    keep = ~tied
+    ties = int(tied.sum())
+    if ties and rest:
+        low = np.frombuffer(os.urandom(4 * ties), dtype=np.uint32) & 0xFFFFFF
+        keep[tied] = low < rest
+    return candidates[keep]
 
 
 class PoissonBatches:
-    """The batches of `steps` steps, drawn ahead on a background thread; more steps than
-    planned are drawn on demand."""
+    """The batches of successive steps (a class so trainers and tests can swap the source)."""
 
-    def __init__(self, units: int, sample_rate: float, steps: int):
-        poisson_batch(0, sample_rate)  # validate eagerly, not on a worker thread
+    def __init__(self, units: int, sample_rate: float, steps: int = 0):
+        poisson_batch(0, sample_rate)  # validate eagerly
         self.units = units
         self.sample_rate = sample_rate
-        self._ahead = Prefetcher(steps, lambda _i: poisson_batch(units, sample_rate),
-                                 depth=8, name="dpsgd-batches")
 
     def next(self) -> np.ndarray:
-        if self._ahead.remaining > 0:
-            return self._ahead.take()
         return poisson_batch(self.units, self.sample_rate)
 
     def close(self) -> None:
-        self._ahead.close()
+        """Nothing runs in the background; kept so trainers close every source alike."""
