@@ -375,3 +375,21 @@ def test_ghost_clipping_equals_materialised_clipping(model, rows):
         alone = trainer._stack_clipped_sum(trainer.x[u:u + 1], trainer.y[u:u + 1],
                                            trainer.mask[u:u + 1])
         assert float(alone[:-1].norm()) <= 0.05 + 1e-7
+
+
+def test_poisson_sampling_equals_the_32_bit_uniform_rule(monkeypatch):
+    """The byte-wise draw selects exactly the units whose 32-bit uniform U < floor(q 2^32)."""
+    import torch_bridge.sampling as sampling
+
+    rng = np.random.default_rng(7)
+    q = 0.3
+    threshold = math.floor(q * 2 ** 32)
+    top = threshold >> 24
+    uniforms = rng.integers(0, 2 ** 32, 5000, dtype=np.uint64)
+    uniforms[:200] = (top << 24) + rng.integers(0, 2 ** 24, 200)    # many ties on the top byte
+    first = (uniforms >> 24).astype(np.uint8)
+    tied_low = (uniforms[first == top] & 0xFFFFFF).astype(np.uint32)
+    reads = iter([first.tobytes(), tied_low.tobytes()])
+    monkeypatch.setattr(sampling.os, "urandom", lambda n: next(reads))
+    chosen = sampling.poisson_batch(5000, q)
+    assert np.array_equal(chosen, np.flatnonzero(uniforms < threshold))
