@@ -510,12 +510,16 @@ def _filter_keys_early(scope: QueryScope, key_release: KeyRelease, direct: bool)
 
     Early (on rows, in src) when a unit's groups are chosen by the L0 window: a group with
     a non-public key must not use up one of the unit's max_groups_per_unit slots. Otherwise
-    late (HAVING on the final groups, with a never-true aggregate term so the optimizer
-    cannot push it back onto the rows), which is cheaper: testing every row's key against
-    the key set costs more than the aggregation itself (an IN over strings per row), while
-    the groups are few. Both release the same cells with the same sensitivity: a unit still
-    touches at most min(L0, public cells) released cells, each by at most Linf, and groups
-    with other keys never leave the engine.
+    not in SQL at all: the bounded result keeps every group, and the release reads exactly
+    the public cells from it (sqlgate/gateway.py `_noisy_table`, server/router/protocol.py
+    `partial_vector` look each public cell up; missing ones get noisy zeros, other groups
+    are never read, so they are never released). Both release the same cells with the same
+    sensitivity: a unit still touches at most min(L0, public cells) released cells, each by
+    at most Linf. Measured (DuckDB, TPC-H SF 0.1): a per-row IN over strings cost as much as
+    the aggregation; the late `HAVING k IN (...) OR COUNT(*) < 0` that replaced it still
+    cost 0.1-0.5 ms a query (an extra filter and projection over the groups), and a filter
+    over a MATERIALIZED CTE of the groups 1-2 ms; no filter costs nothing. (CASE and
+    width_bucket keys cannot take other values anyway.)
     """
     return key_release.mode == "public" and not direct and _needs_l0_window(scope, key_release)
 
@@ -538,26 +542,17 @@ def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: 
     early = _filter_keys_early(scope, key_release, direct)
     src = _src(scope, keys, extra, where, key_release, filter_keys=early)
     key_cols = [_col(k.output) for k in keys]
-    late_filter = None
-    if key_release.mode == "public" and keys and not early:
-        # The aggregate term is never true (a count is never negative), so this keeps exactly
-        # the public groups; it is there because a HAVING on group keys alone is pushed below
-        # the aggregation by the optimizer (DuckDB does), back onto every row, where the
-        # string IN test cost as much as the aggregation itself (+40-70% per query).
-        late_filter = exp.or_(exp.and_(*[_in_public_keys(k, _col(k.output)) for k in keys]),
-                              exp.LT(this=exp.Count(this=exp.Star()),
-                                     expression=exp.Literal.number(0)))
+    # Without an early filter, groups with keys outside the public set stay in the result
+    # and are never read by the release (see _filter_keys_early).
 
     if direct and any(m.kind == "units" for m in measures):
-        return _direct_two_level(src, key_cols, measures, value_columns, late_filter)
+        return _direct_two_level(src, key_cols, measures, value_columns)
     if direct:
         final_aggs = [exp.alias_(_direct_aggregate(m, value_columns), m.name, quoted=True)
                       for m in measures]
         result = exp.select(*key_cols, *final_aggs).from_("src")
         if keys:
             result = result.group_by(*[c.copy() for c in key_cols])
-        if late_filter is not None:
-            result = result.having(late_filter)
         return result.with_("src", as_=src)
 
     per_unit_aggs = [exp.alias_(_per_unit_contribution(m, value_columns, scope), f"c_{m.name}",
@@ -567,33 +562,60 @@ def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: 
     bounded_from = "per_unit"
     ctes = [("src", src), ("per_unit", per_unit)]
     if keys and _needs_l0_window(scope, key_release):
-        # Hashing the unit with the keys spreads the kept groups across units (a hash of the
-        # keys alone would keep the same groups for everyone); it still depends only on the
-        # unit's own rows, and HASH is deterministic, never RANDOM().
-        order = [exp.Ordered(this=exp.func("HASH", _col(UNIT), *[c.copy() for c in key_cols]))]
-        row_number = exp.Window(this=exp.RowNumber(), partition_by=[_col(UNIT)],
-                                order=exp.Order(expressions=order))
-        bounded = exp.select("*").from_("per_unit").qualify(
-            exp.LTE(this=row_number, expression=exp.Literal.number(scope.max_groups_per_unit)))
-        ctes.append(("bounded", bounded))
+        ctes += _l0_bounded(scope, key_cols, [f"c_{m.name}" for m in measures])
         bounded_from = "bounded"
     final_aggs = [exp.alias_(exp.func("SUM", _col(f"c_{m.name}")), m.name, quoted=True)
                   for m in measures]
     result = exp.select(*[c.copy() for c in key_cols], *final_aggs).from_(bounded_from)
     if keys:
         result = result.group_by(*[c.copy() for c in key_cols])
-    if late_filter is not None:
-        result = result.having(late_filter)
     for name, cte in ctes:
         result = result.with_(name, as_=cte)
     return result
+
+
+def _l0_bounded(scope: QueryScope, key_cols, contributions: list[str]):
+    """CTEs `__groups` and `bounded`: at most max_groups_per_unit of each unit's groups.
+
+    A unit keeps the groups with the smallest HASH(unit, keys), ties broken by the keys.
+    Hashing the unit with the keys spreads the kept groups across units (a hash of the keys
+    alone would keep the same groups for everyone); it depends only on the unit's own rows,
+    and HASH is deterministic, never RANDOM(). Only units with more groups than the bound
+    are ranked: the others keep all their groups, exactly what the ranking keeps for them.
+    DuckDB turns a ranking over every unit into a top-n aggregate that cost 10 of TPC-H
+    q17's 22 ms; split by a per-unit group count (the shape of rewriter/truncation.py) it
+    costs 3-6 ms less."""
+    limit = exp.Literal.number(scope.max_groups_per_unit)
+    groups = exp.select(exp.alias_(_col(UNIT), "__gu", quoted=True),
+                        exp.alias_(exp.Count(this=exp.Star()), "__g", quoted=True)) \
+        .from_("per_unit").group_by(_col(UNIT))
+    names = [UNIT, *[c.name for c in key_cols], *contributions]
+
+    def sized(comparison) -> exp.Select:
+        on = exp.EQ(this=exp.column(_quoted(UNIT), table=_quoted("per_unit")),
+                    expression=exp.column(_quoted("__gu"), table=_quoted("__groups")))
+        return exp.select(*[exp.column(_quoted(n), table=_quoted("per_unit")) for n in names]) \
+            .from_("per_unit").join("__groups", on=on) \
+            .where(comparison(this=_col("__g"), expression=limit.copy()))
+
+    order = exp.Order(expressions=[
+        exp.Ordered(this=exp.func("HASH", _col(UNIT), *[c.copy() for c in key_cols])),
+        *[exp.Ordered(this=c.copy()) for c in key_cols]])
+    rank = exp.Window(this=exp.RowNumber(), partition_by=[_col(UNIT)], order=order)
+    heavy = exp.select(*[_col(n) for n in names]).from_(sized(exp.GT).subquery("__heavy")) \
+        .qualify(exp.LTE(this=rank, expression=limit.copy()))
+    return [("__groups", groups), ("bounded", exp.union(sized(exp.LTE), heavy, distinct=False))]
 
 
 def _quantile_sql(scope: QueryScope, keys, quantiles, where, key_release, direct: bool) -> exp.Select:
     """Each group's clamped values, bounded per unit (rows per group, groups per unit)."""
     extra = [exp.alias_(_clamped(scope.expr(q.column), q.lower, q.upper), f"v_{q.name}", quoted=True)
              for q in quantiles]
-    src = _src(scope, keys, extra, where, key_release)
+    # Public keys are tested per row only where the L0 window needs it, as for the sums
+    # (_filter_keys_early): the release reads the values of the public cells only, and a
+    # per-row IN over TPC-H q19's 600k lineitem keys cost 10 of its 40 ms.
+    early = _filter_keys_early(scope, key_release, direct)
+    src = _src(scope, keys, extra, where, key_release, filter_keys=early)
     key_cols = [_col(k.output) for k in keys]
     values = [_col(f"v_{q.name}") for q in quantiles]
     if direct:
@@ -676,8 +698,8 @@ def _per_unit_contribution(m: Measure, value_columns: dict[str, str], scope: Que
                     to=exp.DataType.build("BIGINT"))
 
 
-def _direct_two_level(src: exp.Select, key_cols, measures, value_columns: dict[str, str],
-                      late_filter) -> exp.Select:
+def _direct_two_level(src: exp.Select, key_cols, measures, value_columns: dict[str, str]
+                      ) -> exp.Select:
     """The direct path when a measure counts distinct units (threshold keys, COUNT(DISTINCT
     unit)): partial aggregates per (unit, keys), then one row per unit per group. Equal to
     COUNT(DISTINCT) and the plain aggregates (sums of integer partials are exact), and about
@@ -696,8 +718,6 @@ def _direct_two_level(src: exp.Select, key_cols, measures, value_columns: dict[s
     result = exp.select(*[c.copy() for c in key_cols], *finals).from_("per_unit")
     if key_cols:
         result = result.group_by(*[c.copy() for c in key_cols])
-    if late_filter is not None:
-        result = result.having(late_filter)
     return result.with_("src", as_=src).with_("per_unit", as_=per_unit)
 
 

@@ -107,17 +107,60 @@ class QueryScope:
         One private table read once: its k. Private tables, each truncated and carrying its
         unit column, INNER-joined so that equalities of unit columns connect all of them:
         every joined row pairs one row of each table, all of one unit, so a unit has at most
-        the product of their k rows. Anything else (a public table can fan rows out, an FK
-        path or LEFT join has no such bound): None, and contributions are bounded per unit.
+        the product of their k rows. Public tables may be joined too (INNER or LEFT) when
+        each is joined ON a unique column of its own (`TableMeta.unique_columns`, from its
+        content) equal to a column of a table before it: every row meets at most one of its
+        rows, so the join cannot repeat a unit's rows (`_public_joins_unique`). Anything else
+        (a public join on a non-unique key can fan rows out; an FK path or a LEFT join of a
+        private table has no such bound): None, and contributions are bounded per unit.
         """
         private = self.private_sources
         if len(private) == 1 and len(self.sources) == 1:
             return private[0].table.rows_per_unit
-        if len(private) != len(self.sources) or not all(s.table.rows_per_unit for s in private):
+        if not all(s.table.rows_per_unit for s in private) or not self._public_joins_unique():
             return None
-        if any(kind != "INNER" for kind, _, _ in self.joins) or not self._units_equated():
+        private_aliases = {s.alias for s in private}
+        if any(kind != "INNER" for kind, alias, _ in self.joins if alias in private_aliases):
+            return None
+        if not self._units_equated():
             return None
         return math.prod(s.table.rows_per_unit for s in private)
+
+    def _public_joins_unique(self) -> bool:
+        """Does every public source meet at most one of its rows per row of the rest?
+
+        The public table must not come first (it has no ON of its own), and its own ON must
+        have a bare top-level conjunct `public.u = other.c`, u unique in the public table's
+        content, `other` a source joined before it, both columns of one declared type (no
+        implicit cast could make two distinct public values equal one private value). Extra
+        conjuncts only remove matches. By induction over the join order each row of the
+        sources before it then meets at most one public row (LEFT: exactly one, or NULLs),
+        so the rows of every unit are those of the private tables, never more.
+        """
+        if not self.sources[self.first].private:
+            return False
+        before = [self.first]
+        for _, alias, condition in self.joins:
+            source = self.sources[alias]
+            if not source.private and not self._joined_on_unique(alias, condition, set(before)):
+                return False
+            before.append(alias)
+        return True
+
+    def _joined_on_unique(self, alias: str, condition: exp.Expression, before: set[str]) -> bool:
+        unique = self.sources[alias].table.unique_columns
+        for eq in conjuncts(condition):
+            if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
+                    and isinstance(eq.expression, exp.Column)):
+                continue
+            for mine, other in ((eq.this, eq.expression), (eq.expression, eq.this)):
+                mine_ref, other_ref = self.resolve(mine), self.resolve(other)
+                mine_alias, mine_col = mine_ref.split(".", 1)
+                if (mine_alias == alias and mine_col in unique
+                        and other_ref.split(".", 1)[0] in before
+                        and self.meta(mine_ref).type == self.meta(other_ref).type):
+                    return True
+        return False
 
     @property
     def truncated_at_query_time(self) -> list[Source]:
@@ -125,7 +168,7 @@ class QueryScope:
         return [s for s in self.sources.values() if s.table.truncated_at_query_time]
 
     def _units_equated(self) -> bool:
-        """Do the ON conditions' bare `unit = unit` conjuncts connect every source?"""
+        """Do the ON conditions' bare `unit = unit` conjuncts connect every private source?"""
         linked = {self.first}
         pending = True
         while pending:
@@ -142,7 +185,7 @@ class QueryScope:
                     if aliases & linked and not aliases <= linked:
                         linked |= aliases
                         pending = True
-        return linked == set(self.sources)
+        return linked >= {s.alias for s in self.private_sources}
 
     @property
     def description(self) -> str:

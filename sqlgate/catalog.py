@@ -43,7 +43,8 @@ class Catalog:
             self._dir.mkdir(parents=True, exist_ok=True)
             for path in sorted(self._dir.glob("*.json")):
                 saved = json.loads(path.read_text())
-                meta = parse_dataset(saved["metadata"])
+                meta = _with_unique_columns(parse_dataset(saved["metadata"]),
+                                            saved.get("unique_columns", {}))
                 self._entries[meta.name.lower()] = DatasetEntry(meta, saved["version"])
 
     # ------------------------------------------------------------ reading
@@ -98,6 +99,9 @@ class Catalog:
                 for table in meta.tables.values():
                     source = sources.get(table.name, table.source)
                     _load_table(conn, meta.name, table, source)
+                meta = _with_unique_columns(meta, {
+                    t.name: _unique_columns(conn, meta.name, t) for t in meta.tables.values()
+                    if t.public})
                 if previous is not None:
                     # Retire the old version BEFORE the new data becomes visible: a query
                     # planned against the old metadata that reads the new tables then finds
@@ -135,7 +139,9 @@ class Catalog:
     def _save(self, entry: DatasetEntry) -> None:
         if not self._dir:
             return
-        body = {"metadata": dataset_to_dict(entry.meta), "version": entry.version}
+        body = {"metadata": dataset_to_dict(entry.meta), "version": entry.version,
+                "unique_columns": {t.name: sorted(t.unique_columns)
+                                   for t in entry.meta.tables.values() if t.unique_columns}}
         path = self._dir / f"{entry.meta.name.lower()}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2, default=str))
@@ -206,6 +212,39 @@ def _load_table(conn, schema: str, table: TableMeta, source: Any) -> None:
             conn.execute(f'CREATE TABLE {target} AS SELECT {select} FROM "{staging}"')
     finally:
         conn.execute(f'DROP TABLE IF EXISTS "{staging}"')
+
+
+# Types whose `=` is plain value identity in DuckDB, as COUNT(DISTINCT) counts it. Floats are
+# left out: -0.0 = 0.0 and NaN handling make "distinct" and "joins to one row" differ.
+_UNIQUE_TYPES = ("int", "string", "date", "bool")
+
+
+def _unique_columns(conn, schema: str, table: TableMeta) -> frozenset[str]:
+    """The columns of a loaded public table whose non-NULL values are all distinct.
+
+    Public tables are public data, so this fact may come from their content: a private row
+    joined ON public.col = private.col then meets at most one public row, which is what lets
+    the rewriter keep a truncated table's rows-per-unit bound through the join. NULLs never
+    satisfy `=`, so they do not count. Never computed for private tables."""
+    if not table.public:
+        return frozenset()
+    candidates = [c.name for c in table.columns.values() if c.type in _UNIQUE_TYPES]
+    if not candidates:
+        return frozenset()
+    checks = ", ".join(f'COUNT("{c}") = COUNT(DISTINCT "{c}")' for c in candidates)
+    row = conn.execute(f'SELECT {checks} FROM "{schema}"."{table.name}"').fetchone()
+    return frozenset(c for c, unique in zip(candidates, row) if unique)
+
+
+def _with_unique_columns(meta: DatasetMeta, unique: Mapping[str, Any]) -> DatasetMeta:
+    from dataclasses import replace
+    tables = {}
+    for name, table in meta.tables.items():
+        columns = frozenset(str(c).lower() for c in unique.get(name, ()))
+        # Only public tables carry the fact, and only for columns they declare.
+        columns = columns & set(table.columns) if table.public else frozenset()
+        tables[name] = replace(table, unique_columns=frozenset(columns))
+    return replace(meta, tables=tables)
 
 
 def _null_probe(table: TableMeta, names: dict[str, str]) -> list[str]:

@@ -71,6 +71,11 @@ class TableMeta:
     max_rows_per_unit: int | None = None
     """Query-time bound: each unit contributes at most this many rows of the table to any
     query; the planner reads the table through a per-unit truncation (rewriter/truncation.py)."""
+    unique_columns: frozenset[str] = frozenset()
+    """Public tables only: the columns whose non-NULL values are all distinct in the loaded
+    data, established by the catalog from the table's (public) content at load time, never
+    declared (a wrong declaration would break the sensitivity argument of joins, see
+    rewriter/scope.py). Not part of the YAML form."""
 
     def column(self, name: str) -> ColumnMeta | None:
         return self.columns.get(name.lower())

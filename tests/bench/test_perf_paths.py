@@ -84,7 +84,9 @@ def test_public_keys_filtered_late_release_exactly_the_public_cells(tmp_path, tr
         gateway.add_dataset(_meta(truncate=truncate), {"sales": frame})
         plan, _ = gateway._plan(SQL)
         assert plan.direct_path is bool(truncate)
-        assert "HAVING" in plan.bounded_sql                 # no per-row key test in src
+        # No key test in SQL at all (per row or HAVING): the release reads the public cells.
+        assert "HAVING" not in plan.bounded_sql and " IN (" not in plan.bounded_sql
+        assert "green" in {row[0] for row in gateway.executor.run(plan.bounded_sql).rows}
         result = gateway.query(SQL, analyst="x", epsilon=BIG)
     got = dict(result.rows)
     assert set(got) == {"red", "blue"}                      # never 'green'

@@ -82,7 +82,7 @@ def test_end_to_end_noise_has_the_planned_spread(tmp_path):
     with Gateway(tmp_path / "d") as gw:
         gw.add_dataset(people_metadata(), {"people": people_frame(500)})
         answers = [gw.query("SELECT COUNT(*) FROM people", analyst=f"a{i}", epsilon=0.5).rows[0][0]
-                   for i in range(200)]
+                   for i in range(600)]  # 200 draws failed ~1 run in 10 (Laplace tails)
     answers = np.array(answers, dtype=float)
     expected_std = math.sqrt(2) * (1 / 0.5)
     assert answers.std() == pytest.approx(expected_std, rel=0.2)

@@ -106,12 +106,14 @@ def test_per_unit_preaggregation_and_no_window_over_raw_rows():
     p = plan("SELECT city, COUNT(*) FROM people WHERE age > 3 GROUP BY city", meta)
     tree = p.bounded
     ctes = {cte.alias: cte.this for cte in tree.args["with_"].expressions}
-    assert set(ctes) == {"src", "per_unit", "bounded"}
+    assert set(ctes) == {"src", "per_unit", "__groups", "bounded"}
     per_unit_groups = [c.name for c in ctes["per_unit"].args["group"].expressions]
     assert per_unit_groups == ["__unit", "k0"]
     assert ctes["src"].find(exp.Window) is None and ctes["per_unit"].find(exp.Window) is None
     window = ctes["bounded"].find(exp.Window)
-    assert window is not None and ctes["bounded"].args["from_"].this.name == "per_unit"
+    # the window ranks the per-unit groups (of the units over L0), never raw rows
+    assert window is not None and ctes["__groups"].args["from_"].this.name == "per_unit"
+    assert {t.name for t in ctes["bounded"].find_all(exp.Table)} == {"per_unit", "__groups"}
     order_sql = window.args["order"].sql().upper()
     assert "HASH" in order_sql and "RANDOM" not in order_sql
 

@@ -1,6 +1,6 @@
 """`max_rows_per_unit` on PostgreSQL: the translated truncation (HASH -> MD5, QUALIFY -> a
 subquery) keeps k rows per unit there too. Skips locally without PostgreSQL binaries or
-psycopg; fails in CI (the server is installed by .ci/install-router.sh)."""
+psycopg; fails in CI (the server is installed by .ci/install-backends.sh)."""
 from __future__ import annotations
 
 import pandas as pd
