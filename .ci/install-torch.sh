@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # torch_bridge test needs (the optional `[torch]` extra): the CPU build of torch 2.13.0
 # (ONLY this exact version: others pull GBs of CUDA wheels), safetensors, and Opacus for its
-# RDP accountant. Opacus is installed with --no-deps so it can never pull another torch; its
+# RDP accountant, and cryptography (ChaCha20 keystream for DP-SGD batch sampling). Opacus is installed with --no-deps so it can never pull another torch; its
 # real dependencies (numpy, scipy, opt-einsum) are installed explicitly. Idempotent; fast
 # when everything is present.
 set -euo pipefail
@@ -26,6 +26,9 @@ if ! have safetensors; then
 fi
 if ! have scipy opt-einsum; then
     python -m pip install -q "scipy>=1.11" "opt-einsum>=3.3"
+fi
+if ! have cryptography; then
+    python -m pip install -q "cryptography>=42"
 fi
 if ! have opacus==1.6.0; then
     python -m pip install -q --no-deps "opacus==1.6.0"

@@ -87,7 +87,7 @@ def test_lattice_noise_scale_covers_the_rounded_sensitivity():
         with_unit = np.rint((others + unit) / noise.lattice_step)
         without = np.rint(others / noise.lattice_step)
         assert np.linalg.norm(with_unit - without) <= noise.sensitivity_steps
-    assert noise.sensitivity_steps == 2 ** LATTICE_BITS + math.sqrt(50)
+    assert noise.sensitivity_steps == 2 ** LATTICE_BITS + 2 * math.sqrt(50)
     assert noise.scale_steps == pytest.approx(1.5 * noise.sensitivity_steps)
     assert noise.std >= 1.5 * 2.0
 
@@ -377,7 +377,7 @@ def test_ghost_clipping_equals_materialised_clipping(model, rows):
         assert float(alone[:-1].norm()) <= 0.05 + 1e-7
 
 
-def test_poisson_sampling_equals_the_32_bit_uniform_rule(monkeypatch):
+def test_poisson_sampling_equals_the_32_bit_uniform_rule():
     """The byte-wise draw selects exactly the units whose 32-bit uniform U < floor(q 2^32)."""
     import torch_bridge.sampling as sampling
 
@@ -390,6 +390,19 @@ def test_poisson_sampling_equals_the_32_bit_uniform_rule(monkeypatch):
     first = (uniforms >> 24).astype(np.uint8)
     tied_low = (uniforms[first == top] & 0xFFFFFF).astype(np.uint32)
     reads = iter([first.tobytes(), tied_low.tobytes()])
-    monkeypatch.setattr(sampling.os, "urandom", lambda n: next(reads))
-    chosen = sampling.poisson_batch(5000, q)
+    chosen = sampling.poisson_batch(5000, q, lambda n: next(reads))
     assert np.array_equal(chosen, np.flatnonzero(uniforms < threshold))
+
+
+def test_chacha_stream_is_keyed_fresh_and_rekeys():
+    from torch_bridge.sampling import ChaChaStream
+
+    one, two = ChaChaStream(), ChaChaStream()
+    first = one(64)
+    assert len(first) == 64 and first != two(64) and first != one(64)
+    one.REKEY_BYTES = 100
+    key_before = one._cipher
+    one(80)
+    assert one._cipher is not key_before and one._produced == 80
+    counts = np.bincount(np.frombuffer(ChaChaStream()(256_000), dtype=np.uint8), minlength=256)
+    assert counts.min() > 800 and counts.max() < 1200           # ~1000 per byte value
