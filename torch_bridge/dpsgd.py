@@ -310,10 +310,12 @@ class DPSGDTrainer:
         gradient is the outer product g a^T plus g for the bias, of squared norm
         |g|^2 (|a|^2 + 1), so no [b, k, k] Gram matrices and one matmul per layer."""
         f64 = torch.float64
+        # float64 throughout: exact enough for the clip guarantee, and the sum is float64.
+        inputs = [a.to(f64) for a in inputs]
+        backprops = [g.to(f64) for g in backprops]
         norms2 = None
         for a, g in zip(inputs, backprops):
-            a64, g64 = a.to(f64), g.to(f64)
-            layer = (torch.linalg.vecdot(a64, a64) + 1.0) * torch.linalg.vecdot(g64, g64)
+            layer = (torch.linalg.vecdot(a, a) + 1.0) * torch.linalg.vecdot(g, g)
             norms2 = layer if norms2 is None else norms2 + layer
         norms = norms2.sqrt()
         factor = torch.clamp(self.clip * CLIP_MARGIN / (norms + 1e-12), max=1.0)
@@ -327,9 +329,9 @@ class DPSGDTrainer:
             backprops = [torch.where(keep, g, torch.zeros_like(g)) for g in backprops]
         parts = []
         for a, g in zip(inputs, backprops):
-            scaled = g * factor.to(g.dtype)[:, None]
-            parts.append((scaled.t() @ a).reshape(-1).to(f64))
-            parts.append(scaled.sum(dim=0).to(f64))
+            scaled = g * factor[:, None]
+            parts.append((scaled.t() @ a).reshape(-1))
+            parts.append(scaled.sum(dim=0))
         return torch.cat(parts + [self._loss_part(unit_losses)])
 
     def _scripted_grads(self, x, y, mask):
