@@ -29,14 +29,15 @@ from rewriter import plan_query
 from rewriter.parse import parse_select
 from rewriter.plan import DPPlan
 from sqlgate import release as noise
+from sqlgate.accuracy import output_columns
 from sqlgate.catalog import Catalog, DatasetEntry, resolve_in
 from sqlgate.errors import Conflict, InvalidParameter, PolicyRefused, QueryCanceled
 from sqlgate.executor import DuckDBExecutor, sandboxed_duckdb
 from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
 from sqlgate.mock import mock_dataset_table
 from sqlgate.plan_cache import PlanCache, PlannedQuery
-from sqlgate.postprocess import (POSTPROCESS_MEMORY_LIMIT, run_postprocess, type_from_engine,
-                                 typed_keys, verified_projection)
+from sqlgate.postprocess import (POSTPROCESS_MEMORY_LIMIT, run_postprocess, typed_keys,
+                                 verified_projection)
 from sqlgate.results import DPResult, ExactResult, Explanation, OutputColumn
 
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0
@@ -289,33 +290,22 @@ class Gateway:
 
     def _output_columns(self, planned: PlannedQuery, release_plan) -> tuple[OutputColumn, ...]:
         # Types from binding the post-processing on an empty noisy table at planning time.
-        return _columns(planned.plan, planned.output_types, release_plan)
+        return output_columns(planned.plan, planned.output_types, release_plan)
 
     def _postprocess(self, planned: PlannedQuery, release_plan, noisy: pa.Table):
         done = planned.fast_postprocess.run(noisy) if planned.fast_postprocess else None
         # None: not a plain projection, or values (NULL, zero divisor...) the engine decides.
         rows, types = done if done is not None else \
             self._run_postprocess(planned.postprocess_sql, noisy)
-        return rows, _columns(planned.plan, types, release_plan, noisy)
+        return rows, output_columns(planned.plan, types, release_plan,
+                                    _arrow_column(noisy), noisy.num_rows)
 
 
 # ---------------------------------------------------------------- helpers
 
 
-def _columns(plan: DPPlan, engine_types, release_plan, noisy: pa.Table | None = None
-             ) -> tuple[OutputColumn, ...]:
-    """Output columns with their 95% CI: exact for noisy measures, and for ratios (AVG...)
-    the typical one over the released cells, once there are cells (`noisy`)."""
-    columns = []
-    for spec, engine_type in zip(plan.outputs, engine_types):
-        type_name = spec.type or type_from_engine(engine_type)
-        ci = None
-        if release_plan is not None and spec.measure is not None:
-            ci = release_plan.ci95(plan.measure(spec.measure))
-        elif release_plan is not None and noisy is not None and spec.ratio_of is not None:
-            ci = _typical_ratio_ci(plan, release_plan, noisy, spec.ratio_of)
-        columns.append(OutputColumn(spec.name, type_name, spec.noisy, ci))
-    return tuple(columns)
+def _arrow_column(table: pa.Table):
+    return lambda name: table.column(name).to_numpy()
 
 
 def _query_key(entry: DatasetEntry, plan: DPPlan, epsilon: float) -> str:
@@ -469,20 +459,6 @@ def _empty_noisy_table(plan: DPPlan) -> pd.DataFrame:
     for q in plan.quantiles:
         frame[q.name] = pd.Series([], dtype="float64")
     return frame
-
-
-def _typical_ratio_ci(plan: DPPlan, release_plan, noisy: pa.Table, ratio_of) -> float | None:
-    """A delta-method 95% half-width for sum/count, at the median noisy count."""
-    if noisy.num_rows == 0:
-        return None
-    numerator, denominator = (plan.measure(n) for n in ratio_of)
-    ci_sum = release_plan.ci95(numerator)
-    ci_count = release_plan.ci95(denominator)
-    # numpy, not pandas Series arithmetic: this runs on every AVG-like answer (~1.5 ms less).
-    counts = np.maximum(noisy.column(denominator.name).to_numpy().astype(float), 1.0)
-    means = noisy.column(numerator.name).to_numpy().astype(float) / numerator.scale_factor / counts
-    typical = float(np.median((ci_sum + np.abs(means) * ci_count) / counts))
-    return typical if math.isfinite(typical) else None
 
 
 def _accuracy_notes(plan: DPPlan) -> tuple[str, ...]:

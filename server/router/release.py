@@ -6,16 +6,15 @@ scratch sandboxed DuckDB -> typed output columns with 95% half-widths).
 """
 from __future__ import annotations
 
-import math
 import uuid
 from typing import Sequence
 
 import pandas as pd
 
 from server.router.protocol import FederatedPlan, split_measures
+from sqlgate import accuracy
 from sqlgate.executor import sandboxed_duckdb
-from sqlgate.postprocess import (POSTPROCESS_MEMORY_LIMIT, run_postprocess, type_from_engine,
-                                 typed_keys)
+from sqlgate.postprocess import POSTPROCESS_MEMORY_LIMIT, run_postprocess, typed_keys
 from sqlgate.results import DPResult, OutputColumn
 
 
@@ -39,32 +38,27 @@ def noisy_frame(fplan: FederatedPlan, total: Sequence[int] | None) -> pd.DataFra
 
 
 def output_columns(fplan: FederatedPlan, *, with_accuracy: bool) -> tuple[OutputColumn, ...]:
-    _, types = _run_postprocess(fplan, noisy_frame(fplan, None))
-    return _columns(fplan, types, None if not with_accuracy else noisy_frame(fplan, None),
-                    with_accuracy)
+    frame = noisy_frame(fplan, None)
+    _, types = _run_postprocess(fplan, frame)
+    return _columns(fplan, types, frame if with_accuracy else None)
 
 
 def release_result(fplan: FederatedPlan, total: Sequence[int], sql: str) -> DPResult:
     frame = noisy_frame(fplan, total)
     rows, types = _run_postprocess(fplan, frame)
-    return DPResult(columns=_columns(fplan, types, frame, True), rows=rows,
+    return DPResult(columns=_columns(fplan, types, frame), rows=rows,
                     cost=fplan.release.cost, cached=False, query_id=uuid.uuid4().hex,
                     dataset=fplan.meta.name, sql=sql, rewritten_sql=fplan.plan.bounded_sql,
                     mechanism=fplan.meta.mechanism, key_release=fplan.plan.keys.mode)
 
 
-def _columns(fplan: FederatedPlan, types, frame, with_accuracy: bool) -> tuple[OutputColumn, ...]:
-    plan, release = fplan.plan, fplan.release
-    columns = []
-    for spec, engine_type in zip(plan.outputs, types):
-        type_name = spec.type or type_from_engine(engine_type)
-        ci = None
-        if with_accuracy and spec.measure is not None:
-            ci = release.ci95(plan.measure(spec.measure))
-        elif with_accuracy and spec.ratio_of is not None and frame is not None:
-            ci = _typical_ratio_ci(fplan, frame, spec.ratio_of)
-        columns.append(OutputColumn(spec.name, type_name, spec.noisy, ci))
-    return tuple(columns)
+def _columns(fplan: FederatedPlan, types, frame: pd.DataFrame | None
+             ) -> tuple[OutputColumn, ...]:
+    """The gateway's output columns (sqlgate.accuracy); no CIs without a frame."""
+    if frame is None:
+        return accuracy.output_columns(fplan.plan, types, None)
+    return accuracy.output_columns(fplan.plan, types, fplan.release,
+                                   lambda name: frame[name].to_numpy(), len(frame))
 
 
 def _run_postprocess(fplan: FederatedPlan, frame: pd.DataFrame):
@@ -75,14 +69,3 @@ def _run_postprocess(fplan: FederatedPlan, frame: pd.DataFrame):
         conn.close()
 
 
-def _typical_ratio_ci(fplan: FederatedPlan, frame: pd.DataFrame, ratio_of) -> float | None:
-    """Delta-method 95% half-width for sum/count at the median noisy count (as the gateway)."""
-    if frame.empty:
-        return None
-    plan, release = fplan.plan, fplan.release
-    numerator, denominator = (plan.measure(n) for n in ratio_of)
-    ci_sum, ci_count = release.ci95(numerator), release.ci95(denominator)
-    counts = frame[denominator.name].clip(lower=1).astype(float)
-    means = (frame[numerator.name].astype(float) / numerator.scale_factor) / counts
-    typical = ((ci_sum + means.abs() * ci_count) / counts).median()
-    return float(typical) if math.isfinite(typical) else None
