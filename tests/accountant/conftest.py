@@ -5,18 +5,15 @@ import itertools
 import pytest
 
 from accountant import SqliteLedger
-from tests.accountant.pgserver import start_server
+from tests.pgserver import PostgresServer
 
 _db_numbers = itertools.count()
 
 
 @pytest.fixture(scope="session")
 def pg_server():
-    server = start_server()
-    try:
+    with PostgresServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -12,14 +12,13 @@ from sqlgate.gateway import Gateway
 from tests.backends.conftest import plan_for, shop_frames, shop_metadata
 from tests.backends.engine_checks import (assert_bounded_results_match, assert_dp_answers_close,
                                           binding_l0_frame)
-from tests.backends.pgserver import PostgresServer
+from tests.pgserver import PostgresServer
 
 
 @pytest.fixture(scope="module")
 def pg():
-    server = PostgresServer().start()
-    yield server
-    server.stop()
+    with PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

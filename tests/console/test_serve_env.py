@@ -27,12 +27,9 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def pg():
-    from tests.accountant.pgserver import start_server
-    server = start_server()
-    try:
+    from tests.pgserver import PostgresServer
+    with PostgresServer() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_compose_environment_runs_a_server_on_a_postgres_ledger(pg, tmp_path):

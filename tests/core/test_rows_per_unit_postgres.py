@@ -10,15 +10,14 @@ from rewriter import plan_query
 from sqlgate.catalog import resolve_in
 from sqlgate.gateway import Gateway
 from sqlgate.metadata import dataset_to_dict, parse_dataset
-from tests.backends.pgserver import PostgresServer
+from tests.pgserver import PostgresServer
 from tests.core.test_rows_per_unit import K, _frame, _heavy, _meta
 
 
 @pytest.fixture(scope="module")
 def pg():
-    server = PostgresServer().start()
-    yield server
-    server.stop()
+    with PostgresServer() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,9 @@
-"""A throwaway PostgreSQL server: initdb into a temp dir, pg_ctl on 127.0.0.1:<free port>.
+"""A throwaway PostgreSQL server for tests: initdb into a temp dir, pg_ctl on 127.0.0.1:<free
+port> with its unix socket in the same dir, stopped and deleted at the end.
 
-Runs as the `postgres` user through runuser when the tests run as root (PostgreSQL refuses
-root). Missing binaries skip locally and fail in CI (CI=true), like tests/_require.py.
+PostgreSQL refuses to run as root, so as root the server runs as the `postgres` user (created
+by the Debian `postgresql` package) through `runuser`. Missing binaries skip locally and fail
+in CI (CI=true), like tests/_require.py.
 """
 from __future__ import annotations
 
@@ -25,14 +27,20 @@ def _missing(message: str):
     pytest.skip(message)
 
 
+def _version(initdb: str) -> int:
+    part = initdb.split("/")[4]
+    return int(part) if part.isdigit() else 0
+
+
 def _bindir() -> str:
     found = shutil.which("initdb")
     if found and shutil.which("pg_ctl"):
         return os.path.dirname(os.path.realpath(found))
-    hits = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    hits = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=_version)
     if not hits:
-        _missing("PostgreSQL server binaries (initdb, pg_ctl) are not installed "
-                 "(.ci/install-router.sh installs the Debian package postgresql)")
+        _missing("PostgreSQL server binaries (initdb, pg_ctl) are not installed (the Debian "
+                 "package postgresql: .ci/install-accountant.sh, install-backends.sh and "
+                 "install-pgwire.sh install it)")
     return os.path.dirname(hits[-1])
 
 
@@ -43,6 +51,8 @@ def _free_port() -> int:
 
 
 class PostgresServer:
+    """`with PostgresServer() as server:` (or `.start()` / `.stop()`)."""
+
     def __init__(self):
         require_module("psycopg")
         self.bindir = _bindir()
@@ -63,34 +73,42 @@ class PostgresServer:
             entry = pwd.getpwnam(self.run_as)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
 
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} dbname={dbname} user={self.user}"
+
     @property
     def conninfo(self) -> str:
-        return f"host=127.0.0.1 port={self.port} dbname=postgres user={self.user}"
+        return self.dsn()
 
     def new_database(self, name: str) -> str:
         """A fresh database on this server; returns its conninfo."""
         import psycopg
         with psycopg.connect(self.conninfo, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
-        return f"host=127.0.0.1 port={self.port} dbname={name} user={self.user}"
+        return self.dsn(name)
 
     def _run(self, *args: str) -> None:
         cmd = list(args)
         if self.run_as:
             cmd = ["runuser", "-u", self.run_as, "--"] + cmd
         done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=60)
+                              timeout=120, stdin=subprocess.DEVNULL)
         if done.returncode != 0:
             raise RuntimeError(f"{os.path.basename(args[0])} failed:\n{done.stdout[-2000:]}")
 
     def start(self) -> "PostgresServer":
-        self._run(os.path.join(self.bindir, "initdb"), "-D", self.datadir, "-A", "trust",
-                  "-U", self.user, "--no-sync", "-E", "UTF8")
-        options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories="
-                   f"{self.root} -c fsync=off -c full_page_writes=off -c max_connections=40")
-        self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-l",
-                  os.path.join(self.root, "log"), "-o", options, "-w", "-t", "60", "start")
-        self._wait_ready()
+        try:
+            self._run(os.path.join(self.bindir, "initdb"), "-D", self.datadir, "-A", "trust",
+                      "-U", self.user, "--no-sync", "--no-locale", "-E", "UTF8")
+            options = (f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories="
+                       f"{self.root} -c fsync=off -c full_page_writes=off -c max_connections=100 "
+                       "-c shared_buffers=16MB")
+            self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-l",
+                      os.path.join(self.root, "log"), "-o", options, "-w", "-t", "60", "start")
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self) -> None:
@@ -110,5 +128,11 @@ class PostgresServer:
             self._run(os.path.join(self.bindir, "pg_ctl"), "-D", self.datadir, "-m", "immediate",
                       "-w", "stop")
         except Exception:
-            pass
+            pass  # never started, or already gone: the directory goes either way
         shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> "PostgresServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
