@@ -15,17 +15,17 @@ decision, rows out), never result values.
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import json
 import os
 import secrets
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from server.sqlite_db import sqlite_connection
 
 GENESIS = "0" * 64
 FIELDS = ("seq", "ts", "actor", "role", "source", "channel", "action", "dataset", "query",
@@ -145,15 +145,8 @@ class AuditLog:
         home = Path(home)
         return cls(home / "audit.sqlite", load_or_create_key(home / "audit.key"))
 
-    @contextlib.contextmanager
-    def _connection(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")
-            yield conn
-        finally:
-            conn.close()
+    def _connection(self, *, write: bool = False):
+        return sqlite_connection(self.path, write=write, timeout_s=60.0)
 
     def _link(self, prev_hash: str, record: dict) -> str:
         payload = prev_hash.encode() + _canonical(record)
@@ -173,21 +166,15 @@ class AuditLog:
             "details": json.dumps(event.details, sort_keys=True, default=str)
             if event.details else None,
         }
-        with self._connection() as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-                seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
-                record["seq"] = seq
-                digest = self._link(prev_hash, record)
-                conn.execute(
-                    f"INSERT INTO audit ({', '.join(FIELDS)}, prev_hash, hash) VALUES "
-                    f"({', '.join('?' * (len(FIELDS) + 2))})",
-                    (*(record[k] for k in FIELDS), prev_hash, digest))
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        with self._connection(write=True) as conn:
+            head = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+            seq, prev_hash = (head[0] + 1, head[1]) if head else (1, GENESIS)
+            record["seq"] = seq
+            digest = self._link(prev_hash, record)
+            conn.execute(
+                f"INSERT INTO audit ({', '.join(FIELDS)}, prev_hash, hash) VALUES "
+                f"({', '.join('?' * (len(FIELDS) + 2))})",
+                (*(record[k] for k in FIELDS), prev_hash, digest))
         return seq
 
     def records(self, *, actor: str | None = None, dataset: str | None = None,
