@@ -96,7 +96,6 @@ def private(spec, data: UnitData, *, opendp_noise: bool = True) -> tuple[float, 
         for _ in range(plan.steps):
             trainer.step()
     finally:
-        trainer.batches.close()
         if opendp_noise:
             sampler.close()
     return time.perf_counter() - start, noise_time, plan.steps

@@ -20,9 +20,10 @@ Sensitivity: adding or removing one unit changes the summed vector by at most S 
 whatever its number of rows, because each unit is clipped as a whole. The accountant in
 `torch_bridge.accounting` analyses exactly this sampled Gaussian mechanism.
 
-Batch membership comes from the OS CSPRNG (`torch_bridge.sampling`), never an analyst seed:
-amplification by sampling needs the batches to be secret and unpredictable. Batches and noise
-do not depend on the data, so both are drawn ahead on background threads; `close()` stops them.
+Batch membership comes from a CSPRNG (`torch_bridge.sampling`: ChaCha20 keyed by the OS),
+never an analyst seed: amplification by sampling needs the batches to be secret and
+unpredictable. The noise does not depend on the data, so it is drawn ahead on background
+threads; `close()` stops them.
 """
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ class DPSGDTrainer:
         sensitivity = math.sqrt(self.clip ** 2 + self.loss_clip ** 2)
         self.noise = LatticeGaussian(self.dim + 1, plan.noise_multiplier, sensitivity,
                                      steps=plan.steps)
-        self.batches = PoissonBatches(self.units, plan.sample_rate, steps=plan.steps)
+        self.batches = PoissonBatches(self.units, plan.sample_rate)
         self.optimizer = self._optimizer()
         self._stack = _linear_stack(model)
         if is_scripted(model):
@@ -192,9 +193,8 @@ class DPSGDTrainer:
         return epoch_losses
 
     def close(self) -> None:
-        """Stop drawing noise and batches ahead (job finished, failed or cancelled)."""
+        """Stop drawing noise ahead (job finished, failed or cancelled)."""
         self.noise.close()
-        self.batches.close()
 
     def state(self) -> dict[str, torch.Tensor]:
         """The trained parameters only (never buffers): what may be released."""

@@ -74,9 +74,9 @@ def poisson_batch(units: int, sample_rate: float,
 
 
 class PoissonBatches:
-    """The batches of successive steps (a class so trainers and tests can swap the source)."""
+    """The batches of successive steps, from one keystream."""
 
-    def __init__(self, units: int, sample_rate: float, steps: int = 0):
+    def __init__(self, units: int, sample_rate: float):
         poisson_batch(0, sample_rate)  # validate eagerly
         self.units = units
         self.sample_rate = sample_rate
@@ -84,6 +84,3 @@ class PoissonBatches:
 
     def next(self) -> np.ndarray:
         return poisson_batch(self.units, self.sample_rate, self._random_bytes)
-
-    def close(self) -> None:
-        """Nothing runs in the background; kept so trainers close every source alike."""
