@@ -81,6 +81,10 @@ _ANSWER_SQL = (
     "ORDER BY charge_id DESC LIMIT 1)")
 
 
+# About SQLite's autocheckpoint size (1000 pages of 4 KiB): normal use never grows it again.
+WAL_PREALLOCATE_BYTES = 4 << 20
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
@@ -103,6 +107,39 @@ class SqliteLedger(Ledger):
             with self._write(conn):
                 for statement in _statements(_SCHEMA):
                     conn.execute(statement)
+            self._preallocate_wal(conn)
+
+    def _preallocate_wal(self, conn: sqlite3.Connection) -> None:
+        """Grow the WAL file once, so that commits overwrite it in place.
+
+        A commit that appends to the WAL changes the file's size, and its fdatasync must then
+        also commit that metadata to the file system's journal: on ext4 this doubled the cost
+        of every charge (~200 us against ~90 us) until the first checkpoint, after which
+        SQLite rewrites the log from its start and never shrinks it. The file is grown by a
+        transaction that is rolled back: with a tiny page cache its pages spill into the WAL,
+        and the rollback leaves the database and every committed frame as they were. Only
+        SQLite writes its own files. An optimisation only: any failure is ignored.
+        """
+        wal = Path(f"{self.path}-wal")
+        try:
+            if wal.stat().st_size >= WAL_PREALLOCATE_BYTES:
+                return
+        except OSError:
+            pass
+        cache_size = conn.execute("PRAGMA cache_size").fetchone()[0]
+        try:
+            conn.execute("PRAGMA cache_size = 16")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.execute("CREATE TABLE __sqlgate_wal_padding (filler BLOB)")
+                conn.execute("INSERT INTO __sqlgate_wal_padding VALUES (zeroblob(?))",
+                             (WAL_PREALLOCATE_BYTES,))
+            finally:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        finally:
+            conn.execute(f"PRAGMA cache_size = {int(cache_size)}")
 
     # ------------------------------------------------------------------ plumbing
 

@@ -189,6 +189,7 @@ class Watchdog:
         self._active: dict[int, _Watch] = {}
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._idle = False  # the loop waits without a timeout (nothing to watch)
 
     def watch(self, cursor, cancel: threading.Event, timeout_s: float | None) -> _Watch:
         deadline = time.monotonic() + timeout_s if timeout_s else None
@@ -199,7 +200,10 @@ class Watchdog:
                 self._thread = threading.Thread(target=self._loop, name="sqlgate-watchdog",
                                                 daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._idle:
+                # Only an idle loop needs waking: a polling one sees the new statement at
+                # its next poll, and waking it on every statement cost a thread switch.
+                self._cond.notify()
         return watch
 
     def release(self, watch: _Watch) -> None:
@@ -215,7 +219,9 @@ class Watchdog:
         with self._cond:
             while not self._closed:
                 if not self._active:
+                    self._idle = True
                     self._cond.wait()
+                    self._idle = False
                     continue
                 now = time.monotonic()
                 for key, watch in list(self._active.items()):
