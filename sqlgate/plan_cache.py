@@ -30,6 +30,9 @@ class PlannedQuery:
     fast_postprocess: FastProjection | None = None
     """The post-processing evaluated without the engine, when it is a plain projection
     (checked against the engine when planned); None: always the engine."""
+    listed_quantile_sql: str | None = None
+    """DuckDB only: plan.quantile_sql with each cell's values gathered into one list per
+    quantile (one row per cell); None without GROUP BY keys, where rows are as cheap."""
 
 
 class PlanCache:

@@ -176,6 +176,42 @@ def test_values_by_cell_without_keys_and_empty():
     assert gateway_module._values_by_cell(None, 1) == {}
 
 
+def test_values_listed_per_cell_equal_the_row_form():
+    rng = np.random.default_rng(2)
+    frame = pd.DataFrame({
+        "k0": pd.Series(rng.choice(["a", "b", None], 300), dtype="object"),
+        "k1": rng.integers(0, 4, 300),
+        "v_q0": rng.normal(size=300),
+        "v_q1": rng.normal(size=300),
+    })
+    expected = gateway_module._values_by_cell(frame, 2)
+    import duckdb
+    listed = duckdb.connect().sql(
+        'SELECT k0, k1, LIST(v_q0) AS v_q0, LIST(v_q1) AS v_q1 FROM frame GROUP BY ALL'
+    ).to_arrow_table()
+    for given in (listed, listed.slice(0, listed.num_rows)):
+        got = gateway_module._values_by_cell(given, 2)
+        assert set(got) == set(expected)
+        for key, values in expected.items():
+            for i in (0, 1):
+                np.testing.assert_array_equal(np.sort(got[key][i]), np.sort(values[i]))
+
+
+def test_grouped_quantile_values_are_listed_by_the_engine(gw):
+    sql = "SELECT colour, MEDIAN(price) AS m FROM sales GROUP BY colour"
+    planned, _ = gw._planned(sql)
+    assert planned.listed_quantile_sql.startswith('SELECT "k0", LIST("v_q0")')
+    listed = gw.executor.run(planned.listed_quantile_sql, as_arrow=True)
+    rows = gw.executor.run(planned.plan.quantile_sql, as_arrow=True)
+    by_list = gateway_module._values_by_cell(listed, 1)
+    by_row = gateway_module._values_by_cell(rows, 1)
+    assert set(by_list) == set(by_row) and {("red",), ("blue",)} <= set(by_row)
+    for key in by_row:
+        np.testing.assert_array_equal(np.sort(by_list[key][0]), np.sort(by_row[key][0]))
+    ungrouped, _ = gw._planned("SELECT MEDIAN(price) AS m FROM sales")
+    assert ungrouped.listed_quantile_sql is None
+
+
 def test_grouped_quantiles_still_answer_per_public_cell(gw):
     result = gw.query("SELECT colour, MEDIAN(price) AS m FROM sales GROUP BY colour",
                       analyst="q", epsilon=BIG)
