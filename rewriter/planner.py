@@ -311,11 +311,30 @@ def _bound_notes(scope: QueryScope, direct: bool) -> tuple[str, ...]:
         how = ("contributions were bounded at query time (truncated rows per unit when read; "
                "direct path)" if read else
                "contributions were bounded at ingest (truncated rows per unit)")
-        return tuple(n for n in (how, truncated) if n)
+        return tuple(n for n in (how, truncated, _rows_per_unit_note(scope)) if n)
     if read:
         return (truncated, f"then bounded per unit: at most {scope.max_groups_per_unit} groups "
                            f"x {scope.max_rows_per_group} rows per group")
     return ()
+
+
+def _rows_per_unit_note(scope: QueryScope) -> str | None:
+    """Which sources the direct path's rows-per-unit bound multiplies (metadata only)."""
+    if len(scope.sources) == 1:
+        return None
+    bounding = scope.bounding_sources() or []
+    parts = []
+    for alias in bounding:
+        table = scope.sources[alias].table
+        through = f" through {table.unit_via.table}" if table.unit_via else ""
+        parts.append(f"{table.name}: {table.rows_per_unit}{through}")
+    text = (f"rows per unit after the joins: at most {scope.truncate_rows_per_unit} "
+            f"({' x '.join(parts)})")
+    for s in scope.private_sources:
+        if s.alias not in bounding:
+            text += (f"; {s.table.name} is joined on its enforced key, one row per row "
+                     "referencing it")
+    return text
 
 
 # ---------------------------------------------------------------- measures

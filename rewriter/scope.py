@@ -102,29 +102,115 @@ class QueryScope:
     def truncate_rows_per_unit(self) -> int | None:
         """Rows one unit can have in the FROM clause when its tables are truncated per unit
         (at ingest, `truncate_rows_per_unit`, or when read, `max_rows_per_unit`: the
-        smaller of the two, `TableMeta.rows_per_unit`).
+        smaller of the two, `TableMeta.rows_per_unit`), from metadata only; None: no bound,
+        contributions are then bounded per unit (L0 x Linf).
 
-        One private table read once: its k. Private tables, each truncated and carrying its
-        unit column, INNER-joined so that equalities of unit columns connect all of them:
-        every joined row pairs one row of each table, all of one unit, so a unit has at most
-        the product of their k rows. Public tables may be joined too (INNER or LEFT) when
-        each is joined ON a unique column of its own (`TableMeta.unique_columns`, from its
-        content) equal to a column of a table before it: every row meets at most one of its
-        rows, so the join cannot repeat a unit's rows (`_public_joins_unique`). Anything else
-        (a public join on a non-unique key can fan rows out; an FK path or a LEFT join of a
-        private table has no such bound): None, and contributions are bounded per unit.
+        One private table read once: its k. Otherwise every private source must be INNER-
+        joined, every public source joined ON a unique column of its own
+        (`_public_joins_unique`), and the private sources connected by bare top-level
+        conjuncts of INNER joins' ON conditions of two kinds (`_links`):
+          unit:  a.unit = b.unit, both sources with their own privacy unit;
+          key:   c.fk = p.key, where (fk -> p.key) is c's declared `unit_via`, p.key is an
+                 enforced key of p (`TableMeta.unique_columns`: the loader refused the data
+                 unless its values are distinct) and both columns have the same declared type.
+        A source p is *determined* when a key link reaches it from a source that is itself
+        in R or determined; R (`bounding_sources`) is the set of private sources no key
+        link reaches. Every private source is then in R or determined, and the bound is the
+        product of the k of the sources in R.
+
+        Why: every conjunct of an INNER join's ON holds on every joined row (LEFT joins of
+        public tables keep or pad rows, never filter, so their ON conditions are not used),
+        and WHERE only removes rows. Fix a unit u. A unit link makes both rows belong to
+        one unit. A key link makes the child row meet exactly the one parent row whose key
+        it holds, and that is the row the child row was truncated through at ingest (the
+        loader ranks a unit_via table per unit of the stored parent row it joins), so both
+        rows are of one unit and a child row determines its parent row. Connected, every
+        row in a joined row is of the unit u of the unit column (`unit_ref`, a source with
+        its own unit). A joined row of u is then fixed by its rows of the sources in R (the
+        others follow through key links; public rows, at most one each), each of them one
+        of that source's at most k rows of u: at most the product of those k.
+        So lineitem JOIN orders ON l_orderkey = o_orderkey has at most k_lineitem rows per
+        unit (each line meets one order), not k_lineitem x k_orders; a key link without the
+        enforced key (a parent row could repeat a key) or not at the top level gives None.
         """
         private = self.private_sources
         if len(private) == 1 and len(self.sources) == 1:
             return private[0].table.rows_per_unit
-        if not all(s.table.rows_per_unit for s in private) or not self._public_joins_unique():
+        if not self._public_joins_unique():
             return None
         private_aliases = {s.alias for s in private}
         if any(kind != "INNER" for kind, alias, _ in self.joins if alias in private_aliases):
             return None
-        if not self._units_equated():
+        bounding = self.bounding_sources()
+        if bounding is None:
             return None
-        return math.prod(s.table.rows_per_unit for s in private)
+        bounds = [self.sources[alias].table.rows_per_unit for alias in bounding]
+        if not all(bounds):
+            return None
+        return math.prod(bounds)
+
+    def _links(self) -> list[tuple[str, str, str]]:
+        """("unit", a, b) and ("key", child, parent) links among private sources, from bare
+        top-level conjuncts of INNER joins' ON conditions (see truncate_rows_per_unit)."""
+        links = []
+        for kind, _, condition in self.joins:
+            if kind != "INNER":
+                continue
+            for eq in conjuncts(condition):
+                if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
+                        and isinstance(eq.expression, exp.Column)):
+                    continue
+                left, right = self.resolve(eq.this), self.resolve(eq.expression)
+                a, b = left.split(".", 1)[0], right.split(".", 1)[0]
+                if a == b or not (self.sources[a].private and self.sources[b].private):
+                    continue
+                if self.is_unit(left) and self.is_unit(right):
+                    links.append(("unit", a, b))
+                for child, parent in ((left, right), (right, left)):
+                    if self._enforced_key_link(child, parent):
+                        links.append(("key", child.split(".", 1)[0], parent.split(".", 1)[0]))
+        return links
+
+    def _enforced_key_link(self, child_ref: str, parent_ref: str) -> bool:
+        child_alias, child_col = child_ref.split(".", 1)
+        parent_alias, parent_col = parent_ref.split(".", 1)
+        child, parent = self.sources[child_alias].table, self.sources[parent_alias].table
+        via = child.unit_via
+        return (via is not None and via.column == child_col and via.table == parent.name
+                and via.references == parent_col and parent_col in parent.unique_columns
+                and self.meta(child_ref).type == self.meta(parent_ref).type)
+
+    def bounding_sources(self) -> list[str] | None:
+        """R: the private sources no key link determines, when the links connect every
+        private source and key links determine all the others; else None."""
+        private = [s.alias for s in self.private_sources]
+        links = self._links()
+        reached = {parent for kind, _, parent in links if kind == "key"}
+        bounding = [alias for alias in private if alias not in reached]
+        # Determined sources: reached by a key link from R or from a determined source.
+        known = set(bounding)
+        growing = True
+        while growing:
+            growing = False
+            for kind, child, parent in links:
+                if kind == "key" and child in known and parent not in known:
+                    known.add(parent)
+                    growing = True
+        if known != set(private):
+            return None
+        # Connected: every link (either kind) ties two sources to one unit.
+        group = {alias: alias for alias in private}
+
+        def root(alias: str) -> str:
+            while group[alias] != alias:
+                alias = group[alias]
+            return alias
+
+        for _, a, b in links:
+            group[root(a)] = root(b)
+        if len({root(alias) for alias in private}) != 1:
+            return None
+        return bounding
 
     def _public_joins_unique(self) -> bool:
         """Does every public source meet at most one of its rows per row of the rest?
@@ -166,26 +252,6 @@ class QueryScope:
     def truncated_at_query_time(self) -> list[Source]:
         """The sources read through a per-unit truncation (rewriter/truncation.py)."""
         return [s for s in self.sources.values() if s.table.truncated_at_query_time]
-
-    def _units_equated(self) -> bool:
-        """Do the ON conditions' bare `unit = unit` conjuncts connect every private source?"""
-        linked = {self.first}
-        pending = True
-        while pending:
-            pending = False
-            for _, _, condition in self.joins:
-                for eq in conjuncts(condition):
-                    if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
-                            and isinstance(eq.expression, exp.Column)):
-                        continue
-                    refs = [self.resolve(eq.this), self.resolve(eq.expression)]
-                    if not all(self.is_unit(ref) for ref in refs):
-                        continue
-                    aliases = {ref.split(".", 1)[0] for ref in refs}
-                    if aliases & linked and not aliases <= linked:
-                        linked |= aliases
-                        pending = True
-        return linked >= {s.alias for s in self.private_sources}
 
     @property
     def description(self) -> str:
@@ -281,7 +347,11 @@ def _unit_of(scope: QueryScope) -> str:
             a = parent[a]
         return a
 
-    for _, _, condition in scope.joins:
+    for kind, _, condition in scope.joins:
+        if kind != "INNER":
+            # A LEFT join's ON keeps or pads rows and filters nothing: an equality there
+            # does not make the joined rows share a unit.
+            continue
         for eq in conjuncts(condition):
             if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
                     and isinstance(eq.expression, exp.Column)):

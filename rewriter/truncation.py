@@ -33,10 +33,12 @@ never NULL: load refuses them). An earlier shape joined every row to a count per
 TPC-H query-time suite at SF 1 (q14: 55 -> 34 ms), the same rows.
 
 On PostgreSQL and Spark the translation turns HASH into an MD5 of the row's text
-(sqlgate/backends/dialects.py), so those engines may keep other rows than DuckDB: the same
-bound and sensitivity, and still a choice made from the unit's own rows only. (The Python
-ingest truncation for those engines, sqlgate/backends/loading.py, hashes the row's repr:
-also per unit, also deterministic.)
+(sqlgate/backends/dialects.py), so those engines may keep other rows than DuckDB at query
+time: the same bound and sensitivity, and still a choice made from the unit's own rows only.
+Ingest truncation is one SQL text for every engine (`ingest_truncation_sql`): the DuckDB
+catalog runs it on its staged tables, and the loader for external engines
+(sqlgate/backends/loading.py) runs it in an in-process DuckDB over the checked rows, so
+both store the very same rows.
 
 The tie-break columns cost nothing measurable in this shape (k = 8 above: 31-33 ms with
 them, 41-43 ms ordering by the hash alone, where DuckDB turns the window into a top-k
@@ -56,6 +58,39 @@ def truncation_order(columns: list[exp.Expression]) -> list[exp.Ordered]:
     """ORDER BY of the choice rule: the row's HASH, ties broken by the row itself."""
     return [exp.Ordered(this=exp.func("HASH", *[c.copy() for c in columns]))] + [
         exp.Ordered(this=c.copy()) for c in columns]
+
+
+def ingest_truncation_sql(table: TableMeta, staged: str, parent: TableMeta | None = None,
+                          parent_stored: str | None = None) -> str:
+    """DuckDB SELECT of the rows `table` keeps at ingest (`truncate_rows_per_unit` = k),
+    reading its checked rows from the relation `staged` (quoted SQL name).
+
+    Own privacy unit: per unit, the k rows first in `truncation_order`.
+
+    `unit_via` (child -> parent.references, the parent carrying the unit): the child's rows
+    are joined to the parent's STORED rows (`parent_stored`, itself truncated if declared) on
+    child.column = parent.references and ranked per parent unit by the same rule over the
+    child's own columns. The loader has proved parent.references distinct and of the child
+    column's type (metadata.enforced_key_columns), so each child row joins at most one parent
+    row: its unit is a function of that row, and the kept rows of a unit depend on that
+    unit's rows only. Rows joining no parent row (orphans, or whose parent row was truncated
+    away) are dropped: a unit_via table can only be queried joined to its parent, where they
+    would meet nothing anyway.
+    """
+    k = int(table.truncate_rows_per_unit)
+    names = list(table.columns)
+    order = ", ".join(o.sql(dialect="duckdb") for o in truncation_order(
+        [_qcol(n, "__c") for n in names]))
+    select = ", ".join(_qcol(n, "__c").sql(dialect="duckdb") for n in names)
+    if table.privacy_unit:
+        return (f'SELECT {select} FROM {staged} AS "__c" QUALIFY row_number() OVER '
+                f'(PARTITION BY "__c"."{table.privacy_unit}" ORDER BY {order}) <= {k}')
+    via = table.unit_via
+    if via is None or parent is None or parent_stored is None or parent.privacy_unit is None:
+        raise ValueError("ingest truncation needs the table's privacy unit or its loaded parent")
+    return (f'SELECT {select} FROM {staged} AS "__c" JOIN {parent_stored} AS "__p" '
+            f'ON "__c"."{via.column}" = "__p"."{via.references}" QUALIFY row_number() OVER '
+            f'(PARTITION BY "__p"."{parent.privacy_unit}" ORDER BY {order}) <= {k}')
 
 
 def truncated_read(table: TableMeta, node: exp.Table, alias: str, k: int) -> exp.Subquery:

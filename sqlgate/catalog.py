@@ -4,6 +4,12 @@ Loading is the owner's action and is all-or-nothing: every table of a dataset is
 checked against the metadata and swapped in inside one engine transaction; on any error the
 previous state stays as it was. Sources are read with pyarrow in batches (no engine file
 access, large files stream) and handed to DuckDB in memory.
+
+Tables load parents first: a `unit_via` table declaring `truncate_rows_per_unit` is stored
+truncated per unit of the stored parent row it joins (rewriter/truncation.py
+`ingest_truncation_sql`), and the parent's referenced column must then be a key: the load is
+refused unless its values are distinct (`check_keys`), and only then is the fact recorded in
+the parent's `TableMeta.unique_columns`, where the planner relies on it.
 """
 from __future__ import annotations
 
@@ -19,8 +25,9 @@ from sqlglot import exp
 
 from sqlgate.errors import DataLoadError, MetadataError, NotFound, UndefinedTable
 from sqlgate.executor import DuckDBExecutor
-from sqlgate.metadata import DatasetMeta, TableMeta, dataset_to_dict, parse_dataset
-from rewriter.truncation import truncation_order
+from sqlgate.metadata import (KEY_TYPES, DatasetMeta, TableMeta, dataset_to_dict,
+                              enforced_key_columns, load_order, parse_dataset)
+from rewriter.truncation import ingest_truncation_sql
 
 _DUCKDB_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN",
                  "date": "DATE"}
@@ -76,7 +83,11 @@ class Catalog:
     # ------------------------------------------------------------ loading
 
     def add(self, meta: DatasetMeta, sources: Mapping[str, Any] | None = None, *,
-            replace: bool = False) -> DatasetEntry:
+            replace: bool = False,
+            unique_columns: Mapping[str, frozenset[str]] | None = None) -> DatasetEntry:
+        """Load and publish a dataset. `unique_columns`: for data whose rows live in another
+        engine (`sources` are then empty stand-ins), the distinct columns established on that
+        engine; the stand-ins' content (vacuously distinct) is never consulted for them."""
         sources = dict(sources or {})
         unknown = set(sources) - set(meta.tables)
         if unknown:
@@ -96,12 +107,21 @@ class Catalog:
                 if previous is not None:
                     for old in previous.meta.tables.values():
                         conn.execute(f'DROP TABLE IF EXISTS "{meta.name}"."{old.name}"')
-                for table in meta.tables.values():
+                keys = enforced_key_columns(meta)
+                # Parents first: a unit_via table is truncated against its stored parent.
+                for table in load_order(meta):
                     source = sources.get(table.name, table.source)
-                    _load_table(conn, meta.name, table, source)
-                meta = _with_unique_columns(meta, {
-                    t.name: _unique_columns(conn, meta.name, t) for t in meta.tables.values()
-                    if t.public})
+                    parent = meta.tables[table.unit_via.table] if table.unit_via else None
+                    _load_table(conn, meta.name, table, source,
+                                keys=keys.get(table.name, frozenset()), parent=parent)
+                if unique_columns is not None:
+                    unique = dict(unique_columns)
+                else:
+                    unique = {t.name: _unique_columns(conn, meta.name, t)
+                              for t in meta.tables.values() if t.public}
+                    # Proved distinct by _load_table (or the load failed above).
+                    unique.update(keys)
+                meta = _with_unique_columns(meta, unique)
                 if previous is not None:
                     # Retire the old version BEFORE the new data becomes visible: a query
                     # planned against the old metadata that reads the new tables then finds
@@ -171,7 +191,10 @@ def resolve_in(datasets: Mapping[str, DatasetMeta], node: exp.Table
     return matches[0]
 
 
-def _load_table(conn, schema: str, table: TableMeta, source: Any) -> None:
+def _load_table(conn, schema: str, table: TableMeta, source: Any, *,
+                keys: frozenset[str] = frozenset(), parent: TableMeta | None = None) -> None:
+    """Stage, check and store one table. `keys`: columns that must hold distinct non-NULL
+    values (a child truncates through them); `parent`: the unit_via parent, already stored."""
     reader = _open_source(source, table)
     names = {n.lower(): n for n in reader.schema.names}
     missing = [c for c in table.columns if c not in names]
@@ -197,17 +220,16 @@ def _load_table(conn, schema: str, table: TableMeta, source: Any) -> None:
         conn.unregister(view)
     try:
         _check_staged(conn, staging, table)
+        check_keys(conn, f'"{staging}"', table, keys)
         select = ", ".join(f'"{c}"' for c in table.columns)
         target = f'"{schema}"."{table.name}"'
-        if table.truncate_rows_per_unit and table.privacy_unit:
+        if table.truncate_rows_per_unit and (table.privacy_unit or table.unit_via):
             # Deterministic choice of k rows per unit: a hash of the row, ties by the row
-            # itself, never its position (the same rule as query-time truncation).
-            order = ", ".join(o.sql(dialect="duckdb") for o in truncation_order(
-                [exp.column(c, quoted=True) for c in table.columns]))
-            conn.execute(
-                f'CREATE TABLE {target} AS SELECT {select} FROM "{staging}" '
-                f'QUALIFY row_number() OVER (PARTITION BY "{table.privacy_unit}" ORDER BY {order}) '
-                f'<= {int(table.truncate_rows_per_unit)}')
+            # itself, never its position (the same rule as query-time truncation); a
+            # unit_via table is ranked per unit of the stored parent row it joins.
+            stored_parent = f'"{schema}"."{parent.name}"' if parent is not None else None
+            conn.execute(f'CREATE TABLE {target} AS ' + ingest_truncation_sql(
+                table, f'"{staging}"', parent, stored_parent))
         else:
             conn.execute(f'CREATE TABLE {target} AS SELECT {select} FROM "{staging}"')
     finally:
@@ -216,7 +238,31 @@ def _load_table(conn, schema: str, table: TableMeta, source: Any) -> None:
 
 # Types whose `=` is plain value identity in DuckDB, as COUNT(DISTINCT) counts it. Floats are
 # left out: -0.0 = 0.0 and NaN handling make "distinct" and "joins to one row" differ.
-_UNIQUE_TYPES = ("int", "string", "date", "bool")
+UNIQUE_TYPES = KEY_TYPES
+
+
+def check_keys(conn, relation: str, table: TableMeta, keys: frozenset[str]) -> None:
+    """Refuse the load unless every column of `keys` has distinct non-NULL values.
+
+    A child declaring truncate_rows_per_unit through unit_via is truncated per unit of the
+    parent row it joins, and the planner bounds rows per unit through that join: both need
+    each child row to meet at most one parent row. The fact is enforced here, never read from
+    private data to choose a plan. Owner-facing; names the table and column, no values."""
+    if not keys:
+        return
+    columns = sorted(keys)
+    checks = ", ".join(f'COUNT("{c}") = COUNT(DISTINCT "{c}")' for c in columns)
+    row = conn.execute(f"SELECT {checks} FROM {relation}").fetchone()
+    repeated = [c for c, distinct in zip(columns, row) if not distinct]
+    if repeated:
+        raise DataLoadError(key_refusal(table, repeated))
+
+
+def key_refusal(table: TableMeta, columns: list[str]) -> str:
+    return (f"table '{table.name}': column(s) {', '.join(columns)} must hold distinct values "
+            "(NULLs aside), because a table declares truncate_rows_per_unit through unit_via "
+            "referencing them; the data repeats some values. Deduplicate the key, or remove "
+            "truncate_rows_per_unit from the referencing table")
 
 
 def _unique_columns(conn, schema: str, table: TableMeta) -> frozenset[str]:
@@ -228,7 +274,7 @@ def _unique_columns(conn, schema: str, table: TableMeta) -> frozenset[str]:
     satisfy `=`, so they do not count. Never computed for private tables."""
     if not table.public:
         return frozenset()
-    candidates = [c.name for c in table.columns.values() if c.type in _UNIQUE_TYPES]
+    candidates = [c.name for c in table.columns.values() if c.type in UNIQUE_TYPES]
     if not candidates:
         return frozenset()
     checks = ", ".join(f'COUNT("{c}") = COUNT(DISTINCT "{c}")' for c in candidates)
@@ -238,11 +284,14 @@ def _unique_columns(conn, schema: str, table: TableMeta) -> frozenset[str]:
 
 def _with_unique_columns(meta: DatasetMeta, unique: Mapping[str, Any]) -> DatasetMeta:
     from dataclasses import replace
+    enforced = enforced_key_columns(meta)
     tables = {}
     for name, table in meta.tables.items():
         columns = frozenset(str(c).lower() for c in unique.get(name, ()))
-        # Only public tables carry the fact, and only for columns they declare.
-        columns = columns & set(table.columns) if table.public else frozenset()
+        # Public tables: columns they declare. Private tables: only the keys the loader
+        # enforces (metadata decides which), never anything read from their content.
+        allowed = set(table.columns) if table.public else enforced.get(name, frozenset())
+        columns = columns & allowed
         tables[name] = replace(table, unique_columns=frozenset(columns))
     return replace(meta, tables=tables)
 

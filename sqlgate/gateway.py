@@ -74,8 +74,10 @@ class Gateway:
     # ------------------------------------------------------------ owner actions
 
     def add_dataset(self, meta: DatasetMeta, sources: Mapping[str, Any] | None = None, *,
-                    replace: bool = False) -> DatasetMeta:
-        entry = self.catalog.add(meta, sources, replace=replace)
+                    replace: bool = False,
+                    unique_columns: Mapping[str, frozenset[str]] | None = None) -> DatasetMeta:
+        """`unique_columns` only for rows that live in another engine (Catalog.add)."""
+        entry = self.catalog.add(meta, sources, replace=replace, unique_columns=unique_columns)
         self._register_budgets(entry.meta)
         return entry.meta
 

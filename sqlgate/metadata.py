@@ -17,6 +17,10 @@ import yaml
 from sqlgate.errors import MetadataError
 
 COLUMN_TYPES = ("int", "float", "string", "bool", "date")
+# Types whose `=` is plain value identity in every engine, as COUNT(DISTINCT) counts it, so
+# "distinct values" means "each row joins at most one row". Floats are left out: -0.0 = 0.0
+# and NaN handling make the two differ.
+KEY_TYPES = ("int", "string", "date", "bool")
 MECHANISMS = ("laplace", "gaussian")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -72,10 +76,14 @@ class TableMeta:
     """Query-time bound: each unit contributes at most this many rows of the table to any
     query; the planner reads the table through a per-unit truncation (rewriter/truncation.py)."""
     unique_columns: frozenset[str] = frozenset()
-    """Public tables only: the columns whose non-NULL values are all distinct in the loaded
-    data, established by the catalog from the table's (public) content at load time, never
-    declared (a wrong declaration would break the sensitivity argument of joins, see
-    rewriter/scope.py). Not part of the YAML form."""
+    """Columns whose non-NULL values are all distinct in the stored data, set by the loader
+    only, never declared (a wrong declaration would break the sensitivity argument of joins,
+    see rewriter/scope.py). Not part of the YAML form. Two sources, never anything else:
+    - public tables: read from the table's (public) content at load time;
+    - private tables: only the `references` column of a `unit_via` whose child declares
+      `truncate_rows_per_unit` (`enforced_key_columns`). The loader refuses the dataset
+      unless that column is distinct, so the fact follows from the metadata and a successful
+      load; it is never read from private data to choose a plan."""
 
     def column(self, name: str) -> ColumnMeta | None:
         return self.columns.get(name.lower())
@@ -83,7 +91,10 @@ class TableMeta:
     @property
     def rows_per_unit(self) -> int | None:
         """The most rows one unit has in this table as queries read it: the smaller of the
-        ingest truncation and the query-time bound (None: no such bound)."""
+        ingest truncation and the query-time bound (None: no such bound). A `unit_via` table
+        counts its rows per unit of the parent row each joins (its ingest truncation)."""
+        if self.unit_via is not None and not self.public:
+            return self.truncate_rows_per_unit
         if not self.privacy_unit:
             return None
         bounds = [b for b in (self.truncate_rows_per_unit, self.max_rows_per_unit) if b]
@@ -308,6 +319,40 @@ def _check_units(tables: Mapping[str, TableMeta]) -> None:
             raise MetadataError(f"{where}.references", f"'{via.references}' is not a column of {via.table}")
         if target.privacy_unit is None:
             raise MetadataError(f"{where}.table", f"'{via.table}' must declare privacy_unit itself")
+        if table.truncate_rows_per_unit is not None:
+            # Truncating per unit through the parent needs each child row to join at most one
+            # parent row (the loader enforces distinct values; see enforced_key_columns), and
+            # that only holds when `=` is identity and no implicit cast is involved.
+            child_type = table.columns[via.column].type
+            parent_type = target.columns[via.references].type
+            if parent_type not in KEY_TYPES:
+                raise MetadataError(
+                    f"tables.{table.name}.truncate_rows_per_unit",
+                    f"truncating through unit_via needs {via.table}.{via.references} to be a key "
+                    f"of type {', '.join(KEY_TYPES)} (it is {parent_type})")
+            if child_type != parent_type:
+                raise MetadataError(
+                    f"tables.{table.name}.truncate_rows_per_unit",
+                    f"truncating through unit_via needs {table.name}.{via.column} ({child_type}) "
+                    f"and {via.table}.{via.references} ({parent_type}) to have the same type")
+
+
+def enforced_key_columns(meta: DatasetMeta) -> dict[str, frozenset[str]]:
+    """Private columns the loader must prove distinct: for every `unit_via` table declaring
+    `truncate_rows_per_unit`, its parent's `references` column (by parent table name)."""
+    keys: dict[str, set[str]] = {}
+    for table in meta.tables.values():
+        via = table.unit_via
+        if via is not None and table.truncate_rows_per_unit is not None:
+            keys.setdefault(via.table, set()).add(via.references)
+    return {name: frozenset(cols) for name, cols in keys.items()}
+
+
+def load_order(meta: DatasetMeta) -> list[TableMeta]:
+    """The tables parents first: a `unit_via` table is truncated against its loaded parent
+    (a parent always has its own privacy_unit, so one level is all there is)."""
+    tables = list(meta.tables.values())
+    return [t for t in tables if t.unit_via is None] + [t for t in tables if t.unit_via is not None]
 
 
 def _replace(obj, **changes):

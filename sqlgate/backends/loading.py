@@ -1,30 +1,54 @@
 """Owner-side loading of pandas frames into an external engine: checked against metadata.
 
 The same checks as the DuckDB catalog (every declared column present, values of the declared
-type, no NULL where the metadata forbids it) and the same ingest truncation: at most
-`truncate_rows_per_unit` rows per unit, chosen by a hash of the row (never its position).
-The truncation is what lets the rewriter plan the direct path, so an external table declared
+type, no NULL where the metadata forbids it, distinct keys where a child truncates through
+unit_via) and the same ingest truncation: at most `truncate_rows_per_unit` rows per unit,
+chosen by a hash of the row (never its position). The truncation runs in an in-process
+DuckDB with the catalog's own SQL (rewriter/truncation.py `ingest_truncation_sql`), so an
+external engine stores exactly the rows the DuckDB catalog would. The truncation (and the
+enforced keys) are what let the rewriter plan the direct path, so an external table declared
 with it must have been loaded through here (or be truncated by its owner the same way).
 Error messages carry counts and column names only, never values.
 """
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import math
 from typing import Any, Iterable
 
+import duckdb
 import pandas as pd
+import pyarrow as pa
 
+from rewriter.truncation import ingest_truncation_sql
+from sqlgate.catalog import check_keys
 from sqlgate.errors import DataLoadError
-from sqlgate.metadata import DatasetMeta, TableMeta
+from sqlgate.metadata import DatasetMeta, TableMeta, enforced_key_columns, load_order
 
 PG_TYPES = {"int": "BIGINT", "float": "DOUBLE PRECISION", "string": "TEXT", "bool": "BOOLEAN",
             "date": "DATE"}
 
 
+_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "string": pa.string(),
+                "bool": pa.bool_(), "date": pa.date32()}
+
+
 def table_rows(table: TableMeta, frame: pd.DataFrame) -> list[tuple]:
-    """The frame's rows as typed Python tuples in metadata column order, checked + truncated."""
+    """The frame's rows as typed Python tuples in metadata column order, checked + truncated.
+    A unit_via table truncated through its parent needs the parent: use dataset_rows."""
+    if table.unit_via is not None and table.truncate_rows_per_unit:
+        raise DataLoadError(f"table '{table.name}' is truncated per unit through "
+                            f"'{table.unit_via.table}': load it with its dataset")
+    rows = checked_rows(table, frame)
+    if table.truncate_rows_per_unit and table.privacy_unit:
+        with _Engine() as engine:
+            engine.put(table, "__c", rows)
+            rows = engine.rows(ingest_truncation_sql(table, '"__c"'))
+    return rows
+
+
+def checked_rows(table: TableMeta, frame: pd.DataFrame) -> list[tuple]:
+    """The frame's rows as typed Python tuples in metadata column order, checked only."""
     names = {str(c).lower(): c for c in frame.columns}
     missing = [c for c in table.columns if c not in names]
     if missing:
@@ -44,11 +68,7 @@ def table_rows(table: TableMeta, frame: pd.DataFrame) -> list[tuple]:
         converted.append(values)
     if problems:
         raise DataLoadError(f"table '{table.name}' does not match its metadata: " + "; ".join(problems))
-    rows = list(zip(*converted)) if converted else []
-    if table.truncate_rows_per_unit and table.privacy_unit:
-        rows = _truncate(rows, list(table.columns).index(table.privacy_unit),
-                         int(table.truncate_rows_per_unit))
-    return rows
+    return list(zip(*converted)) if converted else []
 
 
 def dataset_rows(meta: DatasetMeta, sources: dict[str, pd.DataFrame]) -> dict[str, list[tuple]]:
@@ -58,20 +78,57 @@ def dataset_rows(meta: DatasetMeta, sources: dict[str, pd.DataFrame]) -> dict[st
     absent = [t for t in meta.tables if t not in sources]
     if absent:
         raise DataLoadError(f"no data given for table(s): {', '.join(sorted(absent))}")
-    return {name: table_rows(meta.tables[name], frame) for name, frame in sources.items()}
+    rows = {name: checked_rows(meta.tables[name], frame) for name, frame in sources.items()}
+    keys = enforced_key_columns(meta)
+    truncated = {t.name for t in meta.tables.values()
+                 if t.truncate_rows_per_unit and (t.privacy_unit or t.unit_via)}
+    if not truncated and not keys:
+        return rows
+    with _Engine() as engine:
+        # Parents first (load_order): a unit_via child is truncated against the parent's
+        # stored (possibly truncated) rows, exactly as the DuckDB catalog does.
+        for table in load_order(meta):
+            if table.name not in truncated and table.name not in keys:
+                continue
+            staged = f"__staged_{table.name}"
+            engine.put(table, staged, rows[table.name])
+            check_keys(engine.connection, f'"{staged}"', table, keys.get(table.name, frozenset()))
+            if table.name in truncated:
+                parent = meta.tables[table.unit_via.table] if table.unit_via else None
+                stored = f'"__stored_{parent.name}"' if parent is not None else None
+                rows[table.name] = engine.rows(ingest_truncation_sql(
+                    table, f'"{staged}"', parent, stored))
+            if table.name in keys:  # a parent: its children join its stored rows
+                engine.put(table, f"__stored_{table.name}", rows[table.name])
+    return rows
 
 
-def _truncate(rows: list[tuple], unit_index: int, k: int) -> list[tuple]:
-    def digest(row: tuple) -> bytes:
-        return hashlib.sha256("\x1f".join(repr(v) for v in row).encode()).digest()
-    kept: dict[Any, int] = {}
-    out = []
-    for row in sorted(rows, key=lambda r: (repr(r[unit_index]), digest(r))):
-        seen = kept.get(row[unit_index], 0)
-        if seen < k:
-            kept[row[unit_index]] = seen + 1
-            out.append(row)
-    return out
+class _Engine:
+    """An in-process DuckDB holding typed rows, to run the catalog's truncation SQL."""
+
+    def __enter__(self) -> "_Engine":
+        self._conn = duckdb.connect(":memory:")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._conn.close()
+
+    def put(self, table: TableMeta, name: str, rows: list[tuple]) -> None:
+        columns = list(table.columns.values())
+        arrow = pa.table({c.name: pa.array([r[i] for r in rows], type=_ARROW_TYPES[c.type])
+                          for i, c in enumerate(columns)})
+        self._conn.register("__incoming", arrow)
+        try:
+            self._conn.execute(f'CREATE OR REPLACE TABLE "{name}" AS SELECT * FROM "__incoming"')
+        finally:
+            self._conn.unregister("__incoming")
+
+    @property
+    def connection(self):
+        return self._conn
+
+    def rows(self, sql: str) -> list[tuple]:
+        return self._conn.execute(sql).fetchall()
 
 
 def _convert(values: Iterable[Any], type_name: str) -> tuple[list[Any], int]:

@@ -117,3 +117,41 @@ def test_loading_checks_metadata_and_truncates(pg):
         assert most == 1
     finally:
         ex.close()
+
+
+def test_content_facts_come_from_the_engine_that_holds_the_rows(pg):
+    """Public uniqueness is read from PostgreSQL, never from the gateway's empty stand-ins
+    (on which every column is vacuously distinct, and a join on a repeated public key
+    would keep the direct path and fan a unit's rows out)."""
+    import pandas as pd
+
+    from sqlgate.backends import add_external_dataset
+    from sqlgate.backends.postgres import PostgresExecutor
+    meta = shop_metadata()
+    frames = shop_frames(50)
+    frames["zones"] = pd.DataFrame({"region": ["north", "north", "south"],
+                                    "zone": ["cold", "warm", "warm"]})
+    ex = PostgresExecutor(pg.new_database("content_facts"))
+    gateway = Gateway()
+    own = attach(gateway, ex, meta, frames)
+    try:
+        assert gateway.dataset("shop").tables["zones"].unique_columns == frozenset()
+        plan = plan_for(gateway, "SELECT zone, COUNT(*) FROM visits JOIN zones "
+                                 "ON visits.region = zones.region GROUP BY zone")
+        assert "per_unit" in plan.bounded_sql  # no direct path through a repeated key
+        # Without the engine that holds the rows nothing is taken from the stand-ins.
+        other = Gateway()
+        try:
+            add_external_dataset(other, meta)
+            assert other.dataset("shop").tables["zones"].unique_columns == frozenset()
+        finally:
+            other.close()
+        # A key column distinct on the engine is recorded.
+        frames["zones"] = pd.DataFrame({"region": ["north", "south"], "zone": ["cold", "warm"]})
+        ex.load_dataset(meta, frames)
+        add_external_dataset(gateway, meta, replace=True, engine=ex)
+        assert gateway.dataset("shop").tables["zones"].unique_columns == {"region", "zone"}
+    finally:
+        use_executor(gateway, own)
+        gateway.close()
+        ex.close()

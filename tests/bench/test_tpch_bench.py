@@ -58,11 +58,13 @@ def test_raw_and_dp_answer_the_same_query(report):
             # public keys: every true group (and absent public cells as noisy zeros)
             assert truth_keys <= got_keys
     # both variants use the direct path on one private table: truncated at ingest, or read
-    # through the query-time truncation (max_rows_per_unit); the FK-path join cannot
+    # through the query-time truncation (max_rows_per_unit); the FK-path join only when
+    # lineitem is truncated at ingest through orders (o_orderkey an enforced key)
     by_name = {q["name"]: q for q in saved["queries"]}
     assert by_name["q01_count_by_priority"]["dp"]["ingest"]["direct_path"] is True
     assert by_name["q01_count_by_priority"]["dp"]["query"]["direct_path"] is True
     assert by_name["q15_pricing_summary"]["dp"]["query"]["direct_path"] is False
+    assert by_name["q15_pricing_summary"]["dp"]["ingest"]["direct_path"] is True
 
 
 def test_missing_smartnoise_is_reported_not_faked(report):
