@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 
 from sqlglot import exp
@@ -412,7 +413,7 @@ def _row_bound(base: BaseMeasure, scope: QueryScope):
     if base.kind == "sum":
         bits = fraction_bits(meta, max(abs(lower), abs(upper)))
         scale = 1 << bits
-        bound = max(abs(round(lower * scale)), abs(round(upper * scale)))
+        bound = max(_engine_round(abs(lower * scale)), _engine_round(abs(upper * scale)))
         return bits, bound, lower, upper
     half_width = (upper - lower) / 2
     square_max = half_width * half_width
@@ -420,7 +421,16 @@ def _row_bound(base: BaseMeasure, scope: QueryScope):
         bits = 0  # integer values around an integer centre: squares are exact integers
     else:
         bits = fraction_bits(ColumnMeta(meta.name, "float", 0.0, square_max), square_max)
-    return bits, round(square_max * (1 << bits)), lower, upper
+    return bits, _engine_round(square_max * (1 << bits)), lower, upper
+
+
+def _engine_round(magnitude: float) -> int:
+    """|ROUND(v)| for |v| = magnitude as the engines compute it: halves away from zero (DuckDB,
+    Spark, and the PostgreSQL translation), where Python's round() goes to even. A bound
+    computed with round() was one short at an exact half (e.g. upper 600000.000244140625
+    scaled by 2048; or 2^-17 by 2^16, a bound of 0 and thus no noise at all). Exact: the
+    scaled value is a float, so Fraction holds it exactly."""
+    return math.floor(Fraction(magnitude) + Fraction(1, 2))
 
 
 def _groups_per_unit(scope: QueryScope, keys, direct: bool, cells: int | None) -> int:
