@@ -1,10 +1,12 @@
 """The embedded gateway: catalog + rewriter + engine + accountant + release, in process.
 
 Order of a query (privacy rule 4): plan (no data) -> cached answer or budget pre-check (one
-ledger read, no write) -> run the bounded SQL -> draw noise with OpenDP and post-process,
-held in memory -> charge the ledger atomically, storing the noisy answer in the same
-transaction (an identical repeat then costs nothing and never redraws) -> release. Nothing
-noisy leaves before the charge commits; a failure after noise was drawn is still charged.
+ledger read, no write) -> run the bounded SQL (meanwhile, when the plan alone fixes the
+answer's cells, OpenDP draws the noise on zeros: sqlgate/noise_ahead.py) -> add the noise
+with OpenDP and post-process, held in memory -> charge the ledger atomically, storing the
+noisy answer in the same transaction (an identical repeat then costs nothing and never
+redraws) -> release. Nothing noisy leaves before the charge commits; a failure after noise
+was added to data is still charged.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ from sqlgate.errors import Conflict, InvalidParameter, PolicyRefused, QueryCance
 from sqlgate.executor import DuckDBExecutor, sandboxed_duckdb
 from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
 from sqlgate.mock import mock_dataset_table
+from sqlgate.noise_ahead import NoiseAhead, add_drawn
 from sqlgate.plan_cache import PlanCache, PlannedQuery
 from sqlgate.postprocess import (POSTPROCESS_MEMORY_LIMIT, run_postprocess, typed_keys,
                                  verified_projection)
@@ -68,6 +71,7 @@ class Gateway:
         self.accountant = Accountant(ledger or SqliteLedger(str(ledger_path)))
         self._post = threading.local()
         self._plans = PlanCache()
+        self._noise_ahead = NoiseAhead()
         for entry in self.catalog.entries():
             self._register_budgets(entry.meta)
 
@@ -143,6 +147,9 @@ class Gateway:
         cached = self.accountant.cached_or_check(analyst, meta.name, query_key, release_plan.cost)
         if cached is not None:
             return DPResult.from_json_bytes(cached, cached=True)
+        # Cells known from the plan: the noise is drawn (by OpenDP, on zeros) while the
+        # engine runs; it does not depend on the data (sqlgate/noise_ahead.py).
+        drawn = self._noise_ahead.submit(plan, release_plan)
         raw_rows = []
         if plan.bounded_sql:
             raw_rows = self.executor.run(plan.bounded_sql, timeout_s=self.statement_timeout_s,
@@ -175,7 +182,8 @@ class Gateway:
         # analyst must not learn about them for free (the refusal then is BudgetExhausted,
         # whatever the noise).
         try:
-            noisy = _noisy_table(plan, release_plan, raw_rows, quantile_values)
+            noisy = _noisy_table(plan, release_plan, raw_rows, quantile_values,
+                                 drawn.result() if drawn is not None else None)
             rows, columns = self._postprocess(planned, release_plan, noisy)
             result = DPResult(columns=columns, rows=rows, cost=release_plan.cost, cached=False,
                               query_id=uuid.uuid4().hex, dataset=meta.name, sql=sql,
@@ -220,6 +228,7 @@ class Gateway:
         return ExactResult(columns=raw.columns, types=types, rows=rows, truncated=truncated)
 
     def close(self) -> None:
+        self._noise_ahead.close()
         self.executor.close()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -323,8 +332,10 @@ def _query_key(entry: DatasetEntry, plan: DPPlan, epsilon: float) -> str:
 
 
 def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
-                 quantile_values: pd.DataFrame | None = None) -> pa.Table:
+                 quantile_values: pd.DataFrame | None = None,
+                 drawn: Mapping[str, list[int]] | None = None) -> pa.Table:
     """Keys (public or thresholded) and noisy measures: everything post-processing sees.
+    `drawn`: each measure's noise drawn ahead for the plan's known cells (noise_ahead.py).
 
     Built as an Arrow table straight from the Python lists: post-processing binds Arrow
     directly, and a pandas frame in between cost ~2-3 ms per query."""
@@ -355,7 +366,8 @@ def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
             values = [kept_counts[cell] for cell in cells]
         else:
             clean = [_as_int(by_key.get(cell, missing)[index]) for cell in cells]
-            values = noise.noisy_vector(release_plan.noise[m.name], clean)
+            values = add_drawn(clean, drawn[m.name]) if drawn is not None \
+                else noise.noisy_vector(release_plan.noise[m.name], clean)
         names.append(m.name)
         arrays.append(pa.array(values, type=pa.int64()))
     if plan.quantiles:
