@@ -44,6 +44,13 @@ UNIT = "__unit"
 # Fixed-point values per row stay below 2**31 so that sums of billions of rows fit in i64.
 _MAX_ROW_MAGNITUDE_BITS = 31
 _MAX_FRACTION_BITS = 16
+# The most one unit may move one cell of a measure, in integer units. Every per-row value
+# and per-unit contribution is then an exact integer in both BIGINT and DOUBLE (the per-unit
+# stage multiplies a DOUBLE mean), so no cast can fail on a value (an engine error that
+# depends on the data is an oracle) and the bound holds exactly. Wider bounds are refused.
+_MAX_CONTRIBUTION = 2**53
+# Whole-vector norms stay far inside OpenDP's i64 distances.
+_MAX_L1 = 2**62
 QUANTILE_CANDIDATES = 1024
 
 
@@ -183,8 +190,10 @@ def _case_key(case: exp.Case, scope: QueryScope, output: str) -> _Key:
     for result in results:
         if isinstance(result, exp.Null):
             value = None
-        elif isinstance(result, exp.Literal):
-            value = result.this if result.is_string else _number(result.this)
+        elif isinstance(result, exp.Literal) and result.is_string:
+            value = result.this
+        elif _signed_number(result) is not None:
+            value = _signed_number(result)
         else:
             raise UnsupportedQuery("a CASE used in GROUP BY must have literal results (the bins "
                                    "must be known without looking at the data)")
@@ -197,26 +206,32 @@ def _case_key(case: exp.Case, scope: QueryScope, output: str) -> _Key:
     checked = check_row_expression(case, scope, "GROUP BY")
     # Bins whose conditions are all comparisons that cannot fail (as total_condition judges
     # WHERE conjuncts) need no TRY(), which cost DuckDB ~10 ns a row (1.5 ms of TPC-H q07's 3.3).
-    if all(_cannot_fail(part, scope) for branch in checked.args.get("ifs") or []
-           for part in conjuncts(branch.this)):
-        return _Key(output, checked, None, type_name, tuple(values))
-    return _Key(output, exp.Anonymous(this="TRY", expressions=[checked]), None, type_name,
-                tuple(values))
+    if not all(_cannot_fail(part, scope) for branch in checked.args.get("ifs") or []
+               for part in conjuncts(branch.this)):
+        checked = exp.Anonymous(this="TRY", expressions=[checked])
+    if type_name == "float":
+        # Decimal literals are DECIMALs in DuckDB, returned as Decimal('0.1'), which is not
+        # the public key 0.1: the release found no group for such a bin (noisy zeros).
+        checked = exp.Cast(this=checked, to=exp.DataType.build("DOUBLE"))
+    return _Key(output, checked, None, type_name, tuple(values))
 
 
 def _width_bucket_key(node: exp.Expression, scope: QueryScope, output: str) -> _Key:
     args = list(node.expressions) if isinstance(node, exp.Anonymous) else [
         node.this, node.args.get("min_value"), node.args.get("max_value"), node.args.get("num_buckets")]
-    if len(args) != 4 or not isinstance(args[0], exp.Column) or not all(
-            isinstance(a, exp.Literal) and not a.is_string for a in args[1:]):
+    numbers = [_signed_number(a) for a in args[1:]]
+    if len(args) != 4 or not isinstance(args[0], exp.Column) or None in numbers:
         raise UnsupportedQuery("width_bucket needs (column, low, high, count) with number literals")
     ref = scope.resolve(args[0])
     meta = scope.meta(ref)
     if not meta.is_numeric:
         raise UnsupportedQuery("width_bucket needs a numeric column")
-    low, high, count = _number(args[1].this), _number(args[2].this), int(_number(args[3].this))
-    if not (high > low and 1 <= count <= 10_000):
-        raise UnsupportedQuery("width_bucket needs low < high and 1 to 10000 buckets")
+    low, high, count = numbers[0], numbers[1], numbers[2]
+    # high - low must be a finite double too: it is the divisor written into the SQL.
+    if not (high > low and math.isfinite(high - low) and float(count).is_integer()
+            and 1 <= count <= 10_000):
+        raise UnsupportedQuery("width_bucket needs finite low < high and 1 to 10000 buckets")
+    count = int(count)
     value = exp.Cast(this=scope.expr(ref), to=exp.DataType.build("DOUBLE"))
     shifted = exp.Paren(this=exp.Sub(this=value, expression=_num(low)))
     position = exp.Mul(this=exp.Paren(this=exp.Div(this=shifted, expression=_num(high - low))),
@@ -228,6 +243,17 @@ def _width_bucket_key(node: exp.Expression, scope: QueryScope, output: str) -> _
     # TRY: a NaN value would make the cast fail, and a failure must not depend on data.
     expr = exp.Anonymous(this="TRY", expressions=[exp.Cast(this=clamped, to=exp.DataType.build("BIGINT"))])
     return _Key(output, expr, None, "int", tuple(range(0, count + 2)))
+
+
+def _signed_number(node: exp.Expression):
+    """The value of a number literal, also negated (`-10` parses as Neg(10)); else None."""
+    sign = 1
+    if isinstance(node, exp.Neg):
+        sign, node = -1, node.this
+    if not (isinstance(node, exp.Literal) and not node.is_string):
+        return None
+    value = _number(node.this)
+    return -value if sign < 0 else value
 
 
 def _number(text: str):
@@ -357,6 +383,7 @@ def _measures(uses, keys, key_release, scope: QueryScope, direct: bool):
     for index, base in enumerate(sums):
         bits, row_bound, lower, upper = _row_bound(base, scope)
         sens = _sensitivity(base, row_bound, scope, keys, direct, cells)
+        _check_representable(base, sens, scope)
         measures.append(Measure(name=f"m{index}", kind=base.kind, column=base.column,
                                 fixed_point_bits=bits, sensitivity=sens, lower=lower, upper=upper))
     quantiles = []
@@ -372,11 +399,18 @@ def _measures(uses, keys, key_release, scope: QueryScope, direct: bool):
 
 
 def _candidates(meta: ColumnMeta) -> tuple[float, ...]:
+    """Strictly increasing candidates in [lower, upper] (OpenDP's scorer refuses repeats):
+    the integers of a narrow int column, else an even grid, which collapses to fewer points
+    when the bounds are equal or a few floats apart."""
     lower, upper = float(meta.lower), float(meta.upper)
     if meta.type == "int" and upper - lower + 1 <= QUANTILE_CANDIDATES:
-        return tuple(float(v) for v in range(math.ceil(lower), math.floor(upper) + 1))
-    step = (upper - lower) / (QUANTILE_CANDIDATES - 1)
-    return tuple(lower + i * step for i in range(QUANTILE_CANDIDATES))
+        integers = tuple(float(v) for v in range(math.ceil(lower), math.floor(upper) + 1))
+        if integers:  # int bounds such as [0.2, 0.8] hold no integer: use the grid
+            return integers
+    # Divided first: upper - lower overflows to inf for bounds near +-1.8e308.
+    step = upper / (QUANTILE_CANDIDATES - 1) - lower / (QUANTILE_CANDIDATES - 1)
+    grid = {min(upper, max(lower, lower + i * step)) for i in range(QUANTILE_CANDIDATES)}
+    return tuple(sorted(grid))
 
 
 def _canonical_measure(base: BaseMeasure, scope: QueryScope, direct: bool) -> BaseMeasure:
@@ -415,13 +449,29 @@ def _row_bound(base: BaseMeasure, scope: QueryScope):
         scale = 1 << bits
         bound = max(_engine_round(abs(lower * scale)), _engine_round(abs(upper * scale)))
         return bits, bound, lower, upper
-    half_width = (upper - lower) / 2
-    square_max = half_width * half_width
+    # The engine squares fl(v - centre) for v clamped to [lower, upper], in DOUBLE. That is
+    # not (upper - lower) / 2 squared: fl(upper - centre) can exceed fl((upper - lower) / 2)
+    # (bounds [7688.759138726386, 75060685.4375]: the square rounded one unit past such a
+    # bound). Rounding is monotone, so the engine's largest square is the larger of the
+    # two ends' squares, computed with the same float operations.
+    centre = _centre(lower, upper)
+    reach = max(abs(upper - centre), abs(lower - centre))
+    square_max = reach * reach
+    if not math.isfinite(square_max):
+        raise PolicyRefused(f"the declared bounds of column '{meta.name}' [{meta.lower}, "
+                            f"{meta.upper}] are too wide for a variance or standard deviation; "
+                            "the data owner must declare tighter bounds")
     if meta.type == "int" and lower.is_integer() and upper.is_integer() and (lower + upper) % 2 == 0:
         bits = 0  # integer values around an integer centre: squares are exact integers
     else:
         bits = fraction_bits(ColumnMeta(meta.name, "float", 0.0, square_max), square_max)
     return bits, _engine_round(square_max * (1 << bits)), lower, upper
+
+
+def _centre(lower: float, upper: float) -> float:
+    """The centre the bounded SQL subtracts before squaring (one definition for the SQL and
+    the row bound, which must see the very same float)."""
+    return (lower + upper) / 2
 
 
 def _engine_round(magnitude: float) -> int:
@@ -431,6 +481,25 @@ def _engine_round(magnitude: float) -> int:
     scaled by 2048; or 2^-17 by 2^16, a bound of 0 and thus no noise at all). Exact: the
     scaled value is a float, so Fraction holds it exactly."""
     return math.floor(Fraction(magnitude) + Fraction(1, 2))
+
+
+def _check_representable(base: BaseMeasure, sens: Sensitivity, scope: QueryScope) -> None:
+    """Refuse a measure one unit could move by more than _MAX_CONTRIBUTION in a cell (or
+    _MAX_L1 in all): e.g. VARIANCE over bounds [0, 1e10], whose squares (2.5e19) do not fit
+    in BIGINT, made the engine fail on exactly the rows far from the centre. Decided from
+    metadata only, before anything runs."""
+    if sens.linf <= _MAX_CONTRIBUTION and sens.l1 <= _MAX_L1:
+        return
+    if base.column is None:
+        raise PolicyRefused("the contribution bounds of this dataset (max_groups_per_unit, "
+                            "max_rows_per_group, truncate_rows_per_unit) are too large to "
+                            "count with differential privacy")
+    meta = scope.meta(base.column)
+    what = {"sum": "a sum", "sum_sq": "a variance or standard deviation"}[base.kind]
+    raise PolicyRefused(f"the declared bounds of column '{meta.name}' [{meta.lower}, "
+                        f"{meta.upper}] are too wide for {what}: one person could move it "
+                        f"by more than 2^53 fixed-point units; the data owner must declare "
+                        "tighter bounds (or smaller contribution bounds)")
 
 
 def _groups_per_unit(scope: QueryScope, keys, direct: bool, cells: int | None) -> int:
@@ -559,7 +628,7 @@ def _bounded_sql(scope: QueryScope, keys, measures, where, key_release, direct: 
     for m in measures:
         if m.kind in ("sum", "sum_sq"):
             alias = f"v_{m.name}"
-            center = (m.lower + m.upper) / 2 if m.kind == "sum_sq" else None
+            center = _centre(m.lower, m.upper) if m.kind == "sum_sq" else None
             extra.append(exp.alias_(
                 _clamped_fixed_point(scope.expr(m.column), m.lower, m.upper, m.fixed_point_bits, center),
                 alias, quoted=True))
@@ -723,8 +792,13 @@ def _per_unit_contribution(m: Measure, value_columns: dict[str, str], scope: Que
     # The unit's mean value times its capped row count: consistent with the capped count, so
     # AVG stays unbiased for units within the bound, and always inside [cap*lower, cap*upper].
     mean = exp.func("COALESCE", exp.func("AVG", value), exp.Literal.number(0))
-    return exp.Cast(this=exp.func("ROUND", exp.Mul(this=mean, expression=capped_rows)),
-                    to=exp.DataType.build("BIGINT"))
+    # AVG is a DOUBLE: its rounding could put mean x rows a little past rows x the row
+    # bound, so the product is also clamped to the planned per-group bound (an exact integer,
+    # _check_representable), which no unit within the bounds reaches anyway.
+    linf = exp.Literal.number(m.sensitivity.linf)
+    product = exp.func("LEAST", exp.func("GREATEST", exp.Mul(this=mean, expression=capped_rows),
+                                         exp.Neg(this=linf.copy())), linf)
+    return exp.Cast(this=exp.func("ROUND", product), to=exp.DataType.build("BIGINT"))
 
 
 def _direct_two_level(src: exp.Select, key_cols, measures, value_columns: dict[str, str]

@@ -147,13 +147,23 @@ def _calibrated_gaussian_scale(l2: float, rho: float) -> float:
     return scale
 
 
+# A measure is never released without noise: a planned sensitivity below one integer unit
+# (e.g. bounds [0, 0], or 1e-300 in fixed point) is calibrated as one unit. Such a measure
+# cannot move, so this costs nothing that matters, but an error in a zero row bound (as
+# Python's round() once gave at exact halves, where the engine rounded up) then still meets
+# noise of the engine's scale instead of none.
+_MIN_SENSITIVITY = 1
+
+
 def _laplace(m: Measure, epsilon: float) -> NoiseSpec:
-    scale = _calibrated_laplace_scale(int(m.sensitivity.l1), float(epsilon))
+    l1 = max(_MIN_SENSITIVITY, int(m.sensitivity.l1))
+    scale = _calibrated_laplace_scale(l1, float(epsilon))
     return NoiseSpec(m.name, "laplace", scale, scale * _LAPLACE_CI95)
 
 
 def _gaussian(m: Measure, rho: float) -> NoiseSpec:
-    scale = _calibrated_gaussian_scale(float(m.sensitivity.l2), float(rho))
+    l2 = max(float(_MIN_SENSITIVITY), float(m.sensitivity.l2))
+    scale = _calibrated_gaussian_scale(l2, float(rho))
     return NoiseSpec(m.name, "gaussian", scale, scale * _GAUSS_CI95)
 
 
@@ -278,7 +288,7 @@ def _score_weights(q) -> _ScoreWeights | None:
                             int(scorer(np.array([above_all]))[0]))
     if max(weights.below, weights.above) > _MAX_WEIGHT:
         return None  # scores could leave int64 (see _SAFE_SCORE_ROWS)
-    middles = (candidates[:-1] + candidates[1:]) / 2
+    middles = candidates[:-1] / 2 + candidates[1:] / 2  # no overflow near +-1.8e308
     probe = np.concatenate([candidates[::_PROBE_STEPS], candidates[::_PROBE_STEPS * 3],
                             middles[::_PROBE_STEPS], [below_all, above_all, above_all],
                             candidates[-1:]])
