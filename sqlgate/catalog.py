@@ -260,9 +260,9 @@ def check_keys(conn, relation: str, table: TableMeta, keys: frozenset[str]) -> N
 
 def key_refusal(table: TableMeta, columns: list[str]) -> str:
     return (f"table '{table.name}': column(s) {', '.join(columns)} must hold distinct values "
-            "(NULLs aside), because a table declares truncate_rows_per_unit through unit_via "
-            "referencing them; the data repeats some values. Deduplicate the key, or remove "
-            "truncate_rows_per_unit from the referencing table")
+            "(NULLs aside), because a table reaches its privacy unit through them (unit_via): "
+            "a row joining two of its rows would belong to two people. The data repeats some "
+            "values; deduplicate the key")
 
 
 def _unique_columns(conn, schema: str, table: TableMeta) -> frozenset[str]:

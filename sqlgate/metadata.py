@@ -338,12 +338,14 @@ def _check_units(tables: Mapping[str, TableMeta]) -> None:
 
 
 def enforced_key_columns(meta: DatasetMeta) -> dict[str, frozenset[str]]:
-    """Private columns the loader must prove distinct: for every `unit_via` table declaring
-    `truncate_rows_per_unit`, its parent's `references` column (by parent table name)."""
+    """Private columns the loader must prove distinct: the parent's `references` column of
+    every `unit_via` table (by parent table name). A child row joining two parent rows of two
+    people would belong to both, so removing one person would also change the other's rows:
+    every per-person bound on the join assumes each child row reaches one parent row."""
     keys: dict[str, set[str]] = {}
     for table in meta.tables.values():
         via = table.unit_via
-        if via is not None and table.truncate_rows_per_unit is not None:
+        if via is not None:
             keys.setdefault(via.table, set()).add(via.references)
     return {name: frozenset(cols) for name, cols in keys.items()}
 

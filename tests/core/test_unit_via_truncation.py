@@ -120,7 +120,7 @@ def test_metadata_bounds_and_key_requirements():
     meta = _meta()
     assert meta.table("lines").rows_per_unit == K
     assert enforced_key_columns(meta) == {"orders": frozenset({"okey"})}
-    assert enforced_key_columns(_meta(truncate_lines=None)) == {}
+    assert enforced_key_columns(_meta(truncate_lines=None)) == {"orders": frozenset({"okey"})}
     assert parse_dataset(dataset_to_dict(meta)).table("lines").truncate_rows_per_unit == K
     # the referenced key must be of a type whose `=` is identity, and of the child's type
     with pytest.raises(MetadataError) as err:
@@ -172,7 +172,8 @@ def test_without_truncation_the_child_is_stored_whole(tmp_path):
     with Gateway(tmp_path / "h") as gw:
         gw.add_dataset(_meta(truncate_lines=None), frames)
         assert _rows(gw, "SELECT COUNT(*) FROM shop.lines")[0][0] == len(frames["lines"])
-        assert gw.dataset("shop").tables["orders"].unique_columns == frozenset()
+        # The key is enforced for every unit_via parent, truncated child or not.
+        assert gw.dataset("shop").tables["orders"].unique_columns == frozenset({"okey"})
 
 
 def test_truncation_of_a_unit_is_stable_when_other_units_change(tmp_path):
@@ -201,7 +202,7 @@ def test_duplicated_parent_key_refuses_the_load_and_keeps_the_old_version(tmp_pa
         with pytest.raises(DataLoadError) as err:
             gw.add_dataset(_meta(), dup)
         message = str(err.value)
-        assert "'orders'" in message and "okey" in message and "truncate_rows_per_unit" in message
+        assert "'orders'" in message and "okey" in message and "unit_via" in message
         assert str(int(frames["orders"]["okey"].iloc[0])) not in message  # no values
         assert gw.datasets() == []
         gw.add_dataset(_meta(), frames)
@@ -214,9 +215,14 @@ def test_duplicated_parent_key_refuses_the_load_and_keeps_the_old_version(tmp_pa
         again = gw.query(f"SELECT COUNT(*) {JOIN}", analyst="b", epsilon=100.0).rows[0][0]
         assert again == pytest.approx(answer, abs=5)
         assert _stored_lines_per_unit(gw) == _expected_lines_per_unit(gw, frames)
-    # a repeated key is fine when nothing truncates through it (NULL keys are never a problem)
-    nulls = dict(dup)
+    # without truncation too: a line of that order would still belong to two people
     with Gateway(tmp_path / "h2") as gw:
+        with pytest.raises(DataLoadError):
+            gw.add_dataset(_meta(truncate_lines=None), dup)
+        # NULL keys join nothing and are never a problem
+        nulls = dict(frames)
+        nulls["orders"] = pd.concat([frames["orders"],
+                                     frames["orders"].head(2).assign(okey=None, cust=5)])
         gw.add_dataset(_meta(truncate_lines=None), nulls)
 
 
