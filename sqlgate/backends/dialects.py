@@ -72,7 +72,24 @@ def translate(sql: str, dialect: str, *, tables: Mapping[tuple[str, str], str] |
         return _PostgresTranslator().translate(tree)
     tree = totality.duckdb_division(tree, "DOUBLE")
     tree = totality.spark_try(tree)
+    tree = _spark_exact_sums(tree)
     return EngineSQL(tree.sql(dialect="spark"))
+
+
+def _spark_exact_sums(tree: exp.Expression) -> exp.Expression:
+    """SUM(x) -> SUM(CAST(x AS DECIMAL(38, 0))) on Spark.
+
+    Every SUM in the rewriter's SQL adds integers (fixed-point values, counts, per-unit
+    contributions). DuckDB sums them into HUGEINT and PostgreSQL into NUMERIC; Spark sums a
+    BIGINT into a BIGINT, and with ANSI mode off it wraps around silently at 2^63: a sum
+    that jumps by 2^64 when one person is added breaks every sensitivity bound (per-row
+    values may reach 2^53, so about a thousand rows would do). In DECIMAL(38, 0) an overflow
+    needs some 10^22 rows, and gives NULL rather than a wrapped value."""
+    def widen(node: exp.Expression) -> exp.Expression:
+        if isinstance(node, exp.Sum):
+            node.set("this", exp.Cast(this=node.this, to=exp.DataType.build("DECIMAL(38, 0)")))
+        return node
+    return tree.transform(widen, copy=False)
 
 
 # ---------------------------------------------------------------- both targets

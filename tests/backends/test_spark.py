@@ -103,3 +103,12 @@ def test_engine_errors_are_withheld(executor):
     with pytest.raises(ExecutionFailed) as info:
         executor.run('SELECT COUNT(*) FROM "shop"."no_such_table"')
     assert "no_such_table" not in info.value.message
+
+
+def test_integer_sums_never_wrap_around(executor):
+    """Spark sums a BIGINT into a BIGINT that wraps at 2^63 with ANSI mode off; every SUM of
+    the rewriter's SQL is therefore widened to DECIMAL(38, 0)."""
+    quarter = 2**62
+    rows = executor.run(f"SELECT SUM(v) AS s FROM (VALUES ({quarter}), ({quarter}), ({quarter}))"
+                        " AS t(v)").rows
+    assert int(rows[0][0]) == 3 * quarter
