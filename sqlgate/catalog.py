@@ -14,6 +14,7 @@ the parent's `TableMeta.unique_columns`, where the planner relies on it.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import uuid
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from sqlgate.executor import DuckDBExecutor
 from sqlgate.metadata import (KEY_TYPES, DatasetMeta, TableMeta, dataset_to_dict,
                               enforced_key_columns, load_order, parse_dataset)
 from rewriter.truncation import ingest_truncation_sql
+
+_LOG = logging.getLogger(__name__)
 
 _DUCKDB_TYPES = {"int": "BIGINT", "float": "DOUBLE", "string": "VARCHAR", "bool": "BOOLEAN",
                  "date": "DATE"}
@@ -50,9 +53,35 @@ class Catalog:
             self._dir.mkdir(parents=True, exist_ok=True)
             for path in sorted(self._dir.glob("*.json")):
                 saved = json.loads(path.read_text())
-                meta = _with_unique_columns(parse_dataset(saved["metadata"]),
-                                            saved.get("unique_columns", {}))
+                meta = parse_dataset(saved["metadata"])
+                unique = self._proved_keys(meta, saved.get("unique_columns", {}))
+                if unique is None:
+                    continue
+                meta = _with_unique_columns(meta, unique)
                 self._entries[meta.name.lower()] = DatasetEntry(meta, saved["version"])
+
+    def _proved_keys(self, meta: DatasetMeta, recorded: Mapping[str, Any]
+                     ) -> dict[str, Any] | None:
+        """The saved unique columns, plus any `unit_via` key the metadata requires that was
+        not recorded (a dataset stored before every such key was enforced), proved on the
+        stored table now. A key that repeats keeps the dataset out of service (logged): its
+        per-person bounds would not hold. None then."""
+        unique = {name: set(columns) for name, columns in recorded.items()}
+        for name, keys in enforced_key_columns(meta).items():
+            missing = frozenset(keys) - unique.get(name, set())
+            if not missing:
+                continue
+            conn = self._executor.connection.cursor()
+            try:
+                check_keys(conn, f'"{meta.name}"."{name}"', meta.tables[name], missing)
+            except DataLoadError as refused:
+                _LOG.warning("dataset '%s' is not served: %s; load it again", meta.name,
+                             refused.message)
+                return None
+            finally:
+                conn.close()
+            unique.setdefault(name, set()).update(missing)
+        return unique
 
     # ------------------------------------------------------------ reading
 

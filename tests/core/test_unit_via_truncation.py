@@ -244,6 +244,31 @@ def test_the_recorded_key_survives_a_restart_and_is_never_forged(tmp_path):
         assert gw._plan(f"SELECT COUNT(*) {JOIN}")[0].direct_path
 
 
+def test_a_dataset_saved_without_its_key_is_proved_again_or_not_served(tmp_path, caplog):
+    """Datasets stored before every unit_via key was enforced have no recorded key: it is
+    proved on the stored table when the catalog is read back, and a repeated key keeps the
+    dataset out of service (logged, no values) rather than served with broken bounds."""
+    home = tmp_path / "home"
+    with Gateway(home) as gw:
+        gw.add_dataset(_meta(truncate_lines=None), _data())
+    saved = home / "catalog" / "shop.json"
+    body = json.loads(saved.read_text())
+    del body["unique_columns"]["orders"]
+    saved.write_text(json.dumps(body))
+    with Gateway(home) as gw:
+        assert gw.dataset("shop").tables["orders"].unique_columns == {"okey"}
+        conn = gw.executor.connection
+        first = conn.execute("SELECT okey FROM shop.orders ORDER BY okey LIMIT 1").fetchone()[0]
+        conn.execute("INSERT INTO shop.orders SELECT * REPLACE (5 AS cust) FROM shop.orders "
+                     "WHERE okey = ?", [first])
+    saved.write_text(json.dumps(body))
+    with caplog.at_level("WARNING", logger="sqlgate.catalog"), Gateway(home) as gw:
+        assert gw.datasets() == []
+    message = " ".join(record.getMessage() for record in caplog.records)
+    assert "'shop' is not served" in message and "okey" in message
+    assert not any(ch.isdigit() for ch in message)  # no key values
+
+
 def test_loader_rows_match_without_an_engine():
     """dataset_rows alone (also used by Spark): truncated, orphans dropped, duplicates refused."""
     frames = _data()
