@@ -40,3 +40,30 @@ def test_engine_rounding_stays_within_the_row_bound(upper, aggregate):
         assert value <= measure.sensitivity.linf
         if measure.kind == "sum":
             assert value > 0  # the value at `upper` reached the engine's rounding
+
+
+@pytest.mark.parametrize("truncate", [1, None])  # the direct path and the per-unit stages
+def test_sums_skip_nulls_as_sql_does(truncate):
+    """NULLs of a nullable column are skipped by SUM/AVG/VARIANCE, as in SQL (they were once
+    clamped to `lower`: AVG of half NULLs over [10, 20] came out at the upper bound)."""
+    import pandas as pd
+
+    from sqlgate.gateway import Gateway
+
+    spec = {"privacy_unit": "uid",
+            "columns": {"uid": "int", "x": {"type": "float", "lower": 10, "upper": 20}}}
+    if truncate:
+        spec["truncate_rows_per_unit"] = truncate
+    meta = parse_dataset({"dataset": "d", "budget": {"epsilon": 1e6, "delta": 1e-3},
+                          "tables": {"t": spec}})
+    frame = pd.DataFrame({"uid": range(2000),
+                          "x": [15.0 if i % 2 else None for i in range(2000)]})
+    with Gateway() as gw:
+        gw.add_dataset(meta, {"t": frame})
+        (avg, total, count, rows, variance), = gw.query(
+            "SELECT AVG(x), SUM(x), COUNT(x), COUNT(*), VARIANCE(x) FROM t",
+            analyst="a", epsilon=100).rows
+    assert avg == pytest.approx(15, abs=0.1)
+    assert total == pytest.approx(15000, abs=50)
+    assert count == pytest.approx(1000, abs=5) and rows == pytest.approx(2000, abs=5)
+    assert variance == pytest.approx(0, abs=0.5)
