@@ -715,7 +715,10 @@ def _l0_bounded(scope: QueryScope, key_cols, contributions: list[str]):
 
 def _quantile_sql(scope: QueryScope, keys, quantiles, where, key_release, direct: bool) -> exp.Select:
     """Each group's clamped values, bounded per unit (rows per group, groups per unit)."""
-    extra = [exp.alias_(_clamped(scope.expr(q.column), q.lower, q.upper), f"v_{q.name}", quoted=True)
+    # NULLs of a nullable column stay NULL (the release skips them, as SQL's quantiles do).
+    extra = [exp.alias_(_clamped(scope.expr(q.column), q.lower, q.upper,
+                                 keep_null=scope.meta(q.column).nullable),
+                        f"v_{q.name}", quoted=True)
              for q in quantiles]
     # Public keys are tested per row only where the L0 window needs it, as for the sums
     # (_filter_keys_early): the release reads the values of the public cells only, and a

@@ -374,11 +374,19 @@ def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
         values_by_cell = _values_by_cell(quantile_values, key_count)
         for i, q in enumerate(plan.quantiles):
             empty = np.empty(0)
-            cell_values = [values_by_cell.get(cell, {}).get(i, empty) for cell in cells]
+            # NaN here is a NULL the SQL kept (the clamp maps NaN itself to `upper`): skipped.
+            cell_values = [_without_nan(values_by_cell.get(cell, {}).get(i, empty))
+                           for cell in cells]
             names.append(q.name)
             arrays.append(pa.array(noise.noisy_quantiles(q, release_plan.quantiles[q.name],
                                                          cell_values), type=pa.float64()))
     return pa.Table.from_arrays(arrays, names=names)
+
+
+def _without_nan(values: np.ndarray) -> np.ndarray:
+    values = np.asarray(values, dtype=np.float64)
+    missing = np.isnan(values)
+    return values[~missing] if missing.any() else values
 
 
 _ARROW_KEY_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
