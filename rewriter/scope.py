@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 from sqlglot import exp
 
@@ -153,23 +153,31 @@ class QueryScope:
         """("unit", a, b) and ("key", child, parent) links among private sources, from bare
         top-level conjuncts of INNER joins' ON conditions (see truncate_rows_per_unit)."""
         links = []
-        for kind, _, condition in self.joins:
-            if kind != "INNER":
+        for left, right in self.inner_column_equalities():
+            a, b = left.split(".", 1)[0], right.split(".", 1)[0]
+            if a == b or not (self.sources[a].private and self.sources[b].private):
                 continue
-            for eq in conjuncts(condition):
-                if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
-                        and isinstance(eq.expression, exp.Column)):
-                    continue
-                left, right = self.resolve(eq.this), self.resolve(eq.expression)
-                a, b = left.split(".", 1)[0], right.split(".", 1)[0]
-                if a == b or not (self.sources[a].private and self.sources[b].private):
-                    continue
-                if self.is_unit(left) and self.is_unit(right):
-                    links.append(("unit", a, b))
-                for child, parent in ((left, right), (right, left)):
-                    if self._enforced_key_link(child, parent):
-                        links.append(("key", child.split(".", 1)[0], parent.split(".", 1)[0]))
+            if self.is_unit(left) and self.is_unit(right):
+                links.append(("unit", a, b))
+            for child, parent in ((left, right), (right, left)):
+                if self._enforced_key_link(child, parent):
+                    links.append(("key", child.split(".", 1)[0], parent.split(".", 1)[0]))
         return links
+
+    def column_equalities(self, condition: exp.Expression) -> Iterator[tuple[str, str]]:
+        """(left, right) resolved references of the bare top-level `col = col` conjuncts of
+        one ON condition: the only conjuncts that hold on every joined row as written."""
+        for eq in conjuncts(condition):
+            if (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
+                    and isinstance(eq.expression, exp.Column)):
+                yield self.resolve(eq.this), self.resolve(eq.expression)
+
+    def inner_column_equalities(self) -> Iterator[tuple[str, str]]:
+        """column_equalities of every INNER join. A LEFT join's ON keeps or pads rows and
+        filters nothing: an equality there does not make joined rows share anything."""
+        for kind, _, condition in self.joins:
+            if kind == "INNER":
+                yield from self.column_equalities(condition)
 
     def _enforced_key_link(self, child_ref: str, parent_ref: str) -> bool:
         child_alias, child_col = child_ref.split(".", 1)
@@ -235,12 +243,8 @@ class QueryScope:
 
     def _joined_on_unique(self, alias: str, condition: exp.Expression, before: set[str]) -> bool:
         unique = self.sources[alias].table.unique_columns
-        for eq in conjuncts(condition):
-            if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
-                    and isinstance(eq.expression, exp.Column)):
-                continue
-            for mine, other in ((eq.this, eq.expression), (eq.expression, eq.this)):
-                mine_ref, other_ref = self.resolve(mine), self.resolve(other)
+        for left, right in self.column_equalities(condition):
+            for mine_ref, other_ref in ((left, right), (right, left)):
                 mine_alias, mine_col = mine_ref.split(".", 1)
                 if (mine_alias == alias and mine_col in unique
                         and other_ref.split(".", 1)[0] in before
@@ -347,18 +351,9 @@ def _unit_of(scope: QueryScope) -> str:
             a = parent[a]
         return a
 
-    for kind, _, condition in scope.joins:
-        if kind != "INNER":
-            # A LEFT join's ON keeps or pads rows and filters nothing: an equality there
-            # does not make the joined rows share a unit.
-            continue
-        for eq in conjuncts(condition):
-            if not (isinstance(eq, exp.EQ) and isinstance(eq.this, exp.Column)
-                    and isinstance(eq.expression, exp.Column)):
-                continue
-            left, right = scope.resolve(eq.this), scope.resolve(eq.expression)
-            if _unit_link(scope, left, right) or _unit_link(scope, right, left):
-                parent[find(left.split(".")[0])] = find(right.split(".")[0])
+    for left, right in scope.inner_column_equalities():
+        if _unit_link(scope, left, right) or _unit_link(scope, right, left):
+            parent[find(left.split(".")[0])] = find(right.split(".")[0])
     private = scope.private_sources
     roots = {find(s.alias) for s in private}
     if len(roots) > 1:
