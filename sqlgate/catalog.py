@@ -19,7 +19,7 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 from sqlglot import exp
@@ -277,14 +277,30 @@ def check_keys(conn, relation: str, table: TableMeta, keys: frozenset[str]) -> N
     parent row it joins, and the planner bounds rows per unit through that join: both need
     each child row to meet at most one parent row. The fact is enforced here, never read from
     private data to choose a plan. Owner-facing; names the table and column, no values."""
-    if not keys:
-        return
-    columns = sorted(keys)
-    checks = ", ".join(f'COUNT("{c}") = COUNT(DISTINCT "{c}")' for c in columns)
-    row = conn.execute(f"SELECT {checks} FROM {relation}").fetchone()
-    repeated = [c for c, distinct in zip(columns, row) if not distinct]
+    require_distinct(lambda sql: conn.execute(sql).fetchone(), relation, table, keys)
+
+
+def require_distinct(fetch_row, relation: str, table: TableMeta, keys: Iterable[str]) -> None:
+    """check_keys on any engine: `fetch_row(sql)` runs one SELECT and returns its row."""
+    keys = sorted(keys)
+    repeated = sorted(set(keys) - distinct_columns(fetch_row, relation, keys))
     if repeated:
         raise DataLoadError(key_refusal(table, repeated))
+
+
+def distinct_columns(fetch_row, relation: str, columns: list[str]) -> frozenset[str]:
+    """The `columns` whose non-NULL values are all distinct in `relation` (NULLs never
+    satisfy `=`, so they do not count); `fetch_row(sql)` runs one SELECT, on any engine."""
+    if not columns:
+        return frozenset()
+    checks = ", ".join(f'COUNT("{c}") = COUNT(DISTINCT "{c}")' for c in columns)
+    row = fetch_row(f"SELECT {checks} FROM {relation}")
+    return frozenset(c for c, distinct in zip(columns, row) if distinct)
+
+
+def public_key_candidates(table: TableMeta) -> list[str]:
+    """The columns of a public table whose distinctness may be recorded (`=` is identity)."""
+    return [c.name for c in table.columns.values() if c.type in UNIQUE_TYPES]
 
 
 def key_refusal(table: TableMeta, columns: list[str]) -> str:
@@ -303,12 +319,8 @@ def _unique_columns(conn, schema: str, table: TableMeta) -> frozenset[str]:
     satisfy `=`, so they do not count. Never computed for private tables."""
     if not table.public:
         return frozenset()
-    candidates = [c.name for c in table.columns.values() if c.type in UNIQUE_TYPES]
-    if not candidates:
-        return frozenset()
-    checks = ", ".join(f'COUNT("{c}") = COUNT(DISTINCT "{c}")' for c in candidates)
-    row = conn.execute(f'SELECT {checks} FROM "{schema}"."{table.name}"').fetchone()
-    return frozenset(c for c, unique in zip(candidates, row) if unique)
+    return distinct_columns(lambda sql: conn.execute(sql).fetchone(),
+                            f'"{schema}"."{table.name}"', public_key_candidates(table))
 
 
 def _with_unique_columns(meta: DatasetMeta, unique: Mapping[str, Any]) -> DatasetMeta:

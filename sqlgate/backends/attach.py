@@ -11,7 +11,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from sqlgate.catalog import UNIQUE_TYPES, key_refusal
+from sqlgate.catalog import distinct_columns, public_key_candidates, require_distinct
 from sqlgate.errors import DataLoadError
 from sqlgate.executor import DuckDBExecutor
 from sqlgate.metadata import DatasetMeta, enforced_key_columns
@@ -61,22 +61,17 @@ def _content_facts(engine, meta: DatasetMeta) -> dict[str, frozenset[str]]:
                                 f"{', '.join(sorted(keys[table]))} must be proved distinct on "
                                 "the engine that holds the rows; pass engine= (or use attach)")
         return {}
+    def fetch_row(sql: str) -> tuple:
+        return tuple(bool(v) for v in engine.run(sql).rows[0])
+
     facts: dict[str, frozenset[str]] = {}
     for table in meta.tables.values():
+        relation = f'"{meta.name}"."{table.name}"'
         if table.public:
-            candidates = [c.name for c in table.columns.values() if c.type in UNIQUE_TYPES]
-        else:
-            candidates = sorted(keys.get(table.name, ()))
-        if not candidates:
-            continue
-        checks = ", ".join(f'COUNT("{c}") = COUNT(DISTINCT "{c}")' for c in candidates)
-        row = engine.run(f'SELECT {checks} FROM "{meta.name}"."{table.name}"').rows[0]
-        distinct = frozenset(c for c, ok in zip(candidates, row) if bool(ok))
-        if not table.public:
-            repeated = sorted(set(candidates) - distinct)
-            if repeated:
-                raise DataLoadError(key_refusal(table, repeated))
-        facts[table.name] = distinct
+            facts[table.name] = distinct_columns(fetch_row, relation, public_key_candidates(table))
+        elif table.name in keys:
+            require_distinct(fetch_row, relation, table, keys[table.name])
+            facts[table.name] = keys[table.name]
     return facts
 
 
