@@ -37,7 +37,7 @@ from sqlgate.errors import Conflict, InvalidParameter, PolicyRefused, QueryCance
 from sqlgate.executor import DuckDBExecutor, sandboxed_duckdb
 from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
 from sqlgate.mock import mock_dataset_table
-from sqlgate.noise_ahead import NoiseAhead, add_drawn
+from sqlgate.noise_ahead import NoiseAhead
 from sqlgate.plan_cache import PlanCache, PlannedQuery
 from sqlgate.postprocess import (POSTPROCESS_MEMORY_LIMIT, run_postprocess, typed_keys,
                                  verified_projection)
@@ -366,7 +366,7 @@ def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
             values = [kept_counts[cell] for cell in cells]
         else:
             clean = [_as_int(by_key.get(cell, missing)[index]) for cell in cells]
-            values = add_drawn(clean, drawn[m.name]) if drawn is not None \
+            values = noise.add_drawn(clean, drawn[m.name]) if drawn is not None \
                 else noise.noisy_vector(release_plan.noise[m.name], clean)
         names.append(m.name)
         arrays.append(pa.array(values, type=pa.int64()))

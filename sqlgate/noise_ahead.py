@@ -5,7 +5,7 @@ measure's noise vector) follow from the plan alone. OpenDP's integer mechanisms 
 the vector Laplace / Gaussian measurement on integers returns x + Z, coordinate by coordinate,
 saturating at the i64 limits, with Z drawn independently of x. So Z can be drawn by that very
 measurement on a vector of zeros before the data is read, on a worker thread while DuckDB
-runs (it releases the GIL), and added afterwards: `add_drawn(x, Z)` is exactly what the
+runs (it releases the GIL), and added afterwards: `release.add_drawn(x, Z)` is exactly what the
 measurement returns for x with those draws. On a 2-3 ms TPC-H query this hid 0.1-0.7 ms of
 OpenDP's Python glue (one call per measure) behind the engine.
 
@@ -22,7 +22,6 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from rewriter.plan import DPPlan
 from sqlgate import release
 
-_I64_MIN, _I64_MAX = -(2**63), 2**63 - 1
 WORKERS = 4
 
 
@@ -41,15 +40,6 @@ def draw(plan: DPPlan, release_plan, cells: int) -> dict[str, list[int]]:
     """OpenDP's noise for every measure: its measurement applied to `cells` zeros."""
     return {m.name: release.noisy_vector(release_plan.noise[m.name], [0] * cells)
             for m in plan.measures}
-
-
-def add_drawn(values: list, drawn: list[int]) -> list[int]:
-    """x + Z as OpenDP's integer measurement computes it (inputs clamped as
-    `release.noisy_vector` clamps them, the sum saturating at the i64 limits)."""
-    if len(values) != len(drawn):
-        raise ValueError("noise drawn for another number of cells")
-    return [max(_I64_MIN, min(_I64_MAX, release._clamp_i64(v) + z))
-            for v, z in zip(values, drawn)]
 
 
 class NoiseAhead:

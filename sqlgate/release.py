@@ -361,6 +361,15 @@ def noisy_vector(spec: NoiseSpec, values: list[int]) -> list[int]:
     return list(measurement(clean))
 
 
+def add_drawn(values: list, drawn: list[int]) -> list[int]:
+    """x + Z for noise Z drawn ahead by `noisy_vector` on zeros (sqlgate/noise_ahead.py): what
+    OpenDP's integer measurement returns for x with those draws (inputs clamped as
+    noisy_vector clamps them, the sum saturating at the i64 limits as OpenDP's does)."""
+    if len(values) != len(drawn):
+        raise ValueError("noise drawn for another number of cells")
+    return [max(-_I64_MAX - 1, min(_I64_MAX, _clamp_i64(v) + z)) for v, z in zip(values, drawn)]
+
+
 def threshold_keys(release: ReleasePlan, counts: dict[str, int]) -> dict[str, int]:
     """Noisy counts of the keys that pass the threshold (all others are dropped)."""
     spec = release.threshold

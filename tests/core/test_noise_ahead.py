@@ -10,7 +10,7 @@ import opendp.prelude as dp
 import pandas as pd
 import pytest
 
-from sqlgate import noise_ahead, release
+from sqlgate import release
 from sqlgate.errors import QueryCanceled
 from sqlgate.gateway import Gateway
 from sqlgate.metadata import parse_dataset
@@ -83,11 +83,11 @@ def test_keys_found_in_the_data_keep_drawing_after_the_engine(gw, seen):
 
 def test_the_sum_is_what_the_measurement_returns():
     # x + Z saturating at the i64 limits, inputs clamped like release.noisy_vector's.
-    assert noise_ahead.add_drawn([5, None, -7], [10, -3, 0]) == [15, -3, -7]
-    assert noise_ahead.add_drawn([2**70], [2**63]) == [2**63 - 1]
-    assert noise_ahead.add_drawn([-(2**70)], [-(2**63)]) == [-(2**63)]
+    assert release.add_drawn([5, None, -7], [10, -3, 0]) == [15, -3, -7]
+    assert release.add_drawn([2**70], [2**63]) == [2**63 - 1]
+    assert release.add_drawn([-(2**70)], [-(2**63)]) == [-(2**63)]
     with pytest.raises(ValueError):
-        noise_ahead.add_drawn([1, 2], [0])
+        release.add_drawn([1, 2], [0])
     # OpenDP's integer mechanism is additive and saturating: the same contract.
     measurement = dp.m.make_laplace(dp.vector_domain(dp.atom_domain(T="i64")),
                                     dp.l1_distance(T="i64"), scale=1.0)
