@@ -304,6 +304,11 @@ def public_key_candidates(table: TableMeta) -> list[str]:
 
 
 def key_refusal(table: TableMeta, columns: list[str]) -> str:
+    if table.unit_is_key and table.privacy_unit in columns:
+        return (f"table '{table.name}': the privacy unit {table.privacy_unit} is declared unique "
+                "(one row per unit) but the data repeats some values; deduplicate it, or drop "
+                "`unique` and bound the rows per unit (max_rows_per_unit or "
+                "truncate_rows_per_unit)")
     return (f"table '{table.name}': column(s) {', '.join(columns)} must hold distinct values "
             "(NULLs aside), because a table reaches its privacy unit through them (unit_via): "
             "a row joining two of its rows would belong to two people. The data repeats some "

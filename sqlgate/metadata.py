@@ -41,6 +41,10 @@ class ColumnMeta:
     upper: float | None = None
     public_keys: tuple | None = None
     nullable: bool = True
+    unique: bool = False
+    """Declared by the owner on a table's privacy_unit column: one row per unit (a primary
+    key). The loader refuses data that repeats a value (`enforced_key_columns`), so the
+    table needs no per-unit truncation: each unit has at most one row, from metadata."""
 
     @property
     def is_numeric(self) -> bool:
@@ -77,13 +81,13 @@ class TableMeta:
     query; the planner reads the table through a per-unit truncation (rewriter/truncation.py)."""
     unique_columns: frozenset[str] = frozenset()
     """Columns whose non-NULL values are all distinct in the stored data, set by the loader
-    only, never declared (a wrong declaration would break the sensitivity argument of joins,
-    see rewriter/scope.py). Not part of the YAML form. Two sources, never anything else:
+    only (an unchecked declaration would break the sensitivity argument of joins, see
+    rewriter/scope.py). Not part of the YAML form. Two sources, never anything else:
     - public tables: read from the table's (public) content at load time;
-    - private tables: only the `references` column of a `unit_via` whose child declares
-      `truncate_rows_per_unit` (`enforced_key_columns`). The loader refuses the dataset
-      unless that column is distinct, so the fact follows from the metadata and a successful
-      load; it is never read from private data to choose a plan."""
+    - private tables: only the columns of `enforced_key_columns` (the `references` column of
+      a `unit_via`, a privacy_unit declared `unique`). The loader refuses the dataset unless
+      they are distinct, so the fact follows from the metadata and a successful load; it is
+      never read from private data to choose a plan."""
 
     def column(self, name: str) -> ColumnMeta | None:
         return self.columns.get(name.lower())
@@ -97,14 +101,23 @@ class TableMeta:
             return self.truncate_rows_per_unit
         if not self.privacy_unit:
             return None
+        if self.unit_is_key:
+            return 1
         bounds = [b for b in (self.truncate_rows_per_unit, self.max_rows_per_unit) if b]
         return min(bounds) if bounds else None
+
+    @property
+    def unit_is_key(self) -> bool:
+        """The privacy unit is declared unique: one row per unit, enforced at load."""
+        unit = self.columns.get(self.privacy_unit) if self.privacy_unit else None
+        return bool(unit is not None and unit.unique)
 
     @property
     def truncated_at_query_time(self) -> bool:
         """Whether queries must truncate the table themselves: the query-time bound is
         tighter than what ingest already enforced (or there was no ingest truncation)."""
         return (self.privacy_unit is not None and self.max_rows_per_unit is not None
+                and not self.unit_is_key
                 and (self.truncate_rows_per_unit is None
                      or self.max_rows_per_unit < self.truncate_rows_per_unit))
 
@@ -226,6 +239,17 @@ def _table(name: str, spec: Any) -> TableMeta:
                             "required for a private table (or declare unit_via, or public: true)")
     if unit and unit_via:
         raise MetadataError(f"{where}.unit_via", "declare either privacy_unit or unit_via, not both")
+    for col in columns.values():
+        if col.unique and col.name != unit:
+            # Elsewhere a declared key has no use the planner could rely on, and a silent
+            # no-op declaration would only mislead.
+            raise MetadataError(f"{where}.columns.{col.name}.unique",
+                                "only the table's privacy_unit column can be declared unique "
+                                "(one row per unit, checked at load)")
+        if col.unique and col.type not in KEY_TYPES:
+            raise MetadataError(f"{where}.columns.{col.name}.unique",
+                                f"a unique privacy unit must be of type {', '.join(KEY_TYPES)} "
+                                f"(it is {col.type})")
     truncate = spec.get("truncate_rows_per_unit")
     if truncate is not None:
         truncate = _positive_int(truncate, f"{where}.truncate_rows_per_unit")
@@ -260,7 +284,8 @@ def _column(name: str, spec: Any, where: str) -> ColumnMeta:
     if isinstance(spec, str):
         spec = {"type": spec}
     spec = _mapping(spec, where)
-    _reject_unknown(spec, where, {"type", "lower", "upper", "public_keys", "nullable", "bounds"})
+    _reject_unknown(spec, where, {"type", "lower", "upper", "public_keys", "nullable", "bounds",
+                                  "unique"})
     col_type = spec.get("type")
     if col_type not in COLUMN_TYPES:
         raise MetadataError(f"{where}.type", f"must be one of {', '.join(COLUMN_TYPES)}")
@@ -289,7 +314,8 @@ def _column(name: str, spec: Any, where: str) -> ColumnMeta:
         keys = tuple(_coerce_key(k, col_type, f"{where}.public_keys") for k in keys)
     return ColumnMeta(name=name.lower(), type=col_type, lower=lower, upper=upper,
                       public_keys=keys,
-                      nullable=_bool(spec.get("nullable", True), f"{where}.nullable"))
+                      nullable=_bool(spec.get("nullable", True), f"{where}.nullable"),
+                      unique=_bool(spec.get("unique", False), f"{where}.unique"))
 
 
 def _coerce_key(value: Any, col_type: str, where: str):
@@ -338,12 +364,17 @@ def _check_units(tables: Mapping[str, TableMeta]) -> None:
 
 
 def enforced_key_columns(meta: DatasetMeta) -> dict[str, frozenset[str]]:
-    """Private columns the loader must prove distinct: the parent's `references` column of
-    every `unit_via` table (by parent table name). A child row joining two parent rows of two
-    people would belong to both, so removing one person would also change the other's rows:
-    every per-person bound on the join assumes each child row reaches one parent row."""
+    """Private columns the loader must prove distinct (by table name):
+    - the parent's `references` column of every `unit_via` table. A child row joining two
+      parent rows of two people would belong to both, so removing one person would also
+      change the other's rows: every per-person bound on the join assumes each child row
+      reaches one parent row;
+    - a privacy_unit column declared `unique` (one row per unit, `TableMeta.unit_is_key`):
+      the planner then bounds the table's rows per unit by 1 without truncating it."""
     keys: dict[str, set[str]] = {}
     for table in meta.tables.values():
+        if table.unit_is_key:
+            keys.setdefault(table.name, set()).add(table.privacy_unit)
         via = table.unit_via
         if via is not None:
             keys.setdefault(via.table, set()).add(via.references)
@@ -437,6 +468,8 @@ def dataset_to_dict(meta: DatasetMeta) -> dict:
                 spec["public_keys"] = list(col.public_keys)
             if not col.nullable:
                 spec["nullable"] = False
+            if col.unique:
+                spec["unique"] = True
             columns[col.name] = spec
         body: dict[str, Any] = {"columns": columns}
         if table.source:

@@ -114,8 +114,12 @@ def test_query_time_metadata_bounds_like_ingest_and_like_smartnoise():
     sn_tables = tpch_bench.smartnoise_metadata()["tpch"]["tpch"]
     for name in ("customer", "orders"):
         q, i = query.table(name), ingest.table(name)
-        assert q.max_rows_per_unit == i.truncate_rows_per_unit
-        assert q.truncate_rows_per_unit is None and q.truncated_at_query_time
-        assert sn_tables[name]["max_ids"] == q.max_rows_per_unit
+        assert q.rows_per_unit == i.rows_per_unit
+        assert q.truncate_rows_per_unit is None
+        assert sn_tables[name]["max_ids"] == q.rows_per_unit
         # the per-unit fallback (public-table joins) bounds the same total per unit
-        assert q.max_groups_per_unit * q.max_rows_per_group == q.max_rows_per_unit
+        assert q.max_groups_per_unit * q.max_rows_per_group == q.rows_per_unit
+    # orders are truncated when read; customers have one row each (a key checked at load)
+    assert query.table("orders").truncated_at_query_time
+    assert query.table("orders").max_rows_per_unit == ingest.table("orders").truncate_rows_per_unit
+    assert query.table("customer").unit_is_key and ingest.table("customer").unit_is_key
