@@ -26,7 +26,7 @@ HOSPITAL_METADATA = {
             "max_groups_per_unit": 1,
             "max_rows_per_group": 1,
             "columns": {
-                "patient_id": {"type": "int"},
+                "patient_id": {"type": "int", "unique": True},  # one row per patient
                 "age": {"type": "int", "lower": 0, "upper": 100, "nullable": False},
                 "sex": {"type": "string", "public_keys": ["F", "M"]},
                 "region": {"type": "string", "public_keys": REGIONS},
@@ -76,7 +76,7 @@ TPCH_METADATA = {
         "customer": {
             "privacy_unit": "c_custkey",
             "columns": {
-                "c_custkey": {"type": "int"},
+                "c_custkey": {"type": "int", "unique": True},
                 "c_nationkey": {"type": "int", "public_keys": list(range(25))},
                 "c_acctbal": {"type": "float", "lower": -1000.0, "upper": 10000.0},
                 "c_mktsegment": {"type": "string", "public_keys": [
