@@ -11,18 +11,22 @@ OpenDP's Python glue (one call per measure) behind the engine.
 
 Nothing here sees data: a draw that is never used (the engine failed, the dataset was replaced,
 the budget was refused) is dropped and reveals nothing. Thresholded keys (cells found in the
-data) and quantiles keep drawing after the engine.
+data) and quantiles keep drawing after the engine; the pool also runs a grouped quantile's
+per-cell releases side by side (`run_all`, `release.noisy_quantiles`).
 """
 from __future__ import annotations
 
 import os
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from typing import Callable, Sequence, TypeVar
 
 from rewriter.plan import DPPlan
 from sqlgate import release
 
 WORKERS = 4
+
+T = TypeVar("T")
 
 
 def cells_known_before_data(plan: DPPlan) -> int | None:
@@ -58,13 +62,28 @@ class NoiseAhead:
         cells = cells_known_before_data(plan)
         if cells is None:
             return None
+        pool = self._current_pool()
+        return pool.submit(draw, plan, release_plan, cells) if pool is not None else None
+
+    def run_all(self, tasks: Sequence[Callable[[], T]]) -> list[T]:
+        """Run independent tasks on the pool (in the caller's thread once closed); their
+        results in order. The first failure is raised, after every task has finished, so
+        no task is still running on data when the caller moves on."""
+        pool = self._current_pool()
+        if pool is None:
+            return [task() for task in tasks]
+        futures = [pool.submit(task) for task in tasks]
+        wait(futures)
+        return [future.result() for future in futures]
+
+    def _current_pool(self) -> ThreadPoolExecutor | None:
         with self._lock:
             if self._closed:
                 return None
             if self._pool is None or self._pid != os.getpid():
                 self._pool = ThreadPoolExecutor(self._workers, thread_name_prefix="sqlgate-noise")
                 self._pid = os.getpid()
-            return self._pool.submit(draw, plan, release_plan, cells)
+            return self._pool
 
     def close(self) -> None:
         with self._lock:

@@ -122,3 +122,98 @@ def test_close_stops_the_workers(tmp_path):
     assert ahead.submit(plan, release_plan) is None
     with pytest.raises(RuntimeError):
         pool.submit(print)  # shut down
+
+
+# ---------------------------------------------------------------- grouped quantiles side by side
+
+
+def _median_of(candidates):
+    from rewriter.plan import QuantileMeasure
+    return QuantileMeasure("q0", "x", 0.5, candidates[0], candidates[-1], tuple(candidates), 1, 1)
+
+
+def test_run_all_keeps_order_and_waits_for_every_task_before_raising():
+    from sqlgate.noise_ahead import NoiseAhead
+    ahead = NoiseAhead(workers=3)
+    try:
+        assert ahead.run_all([lambda i=i: i * i for i in range(7)]) == [i * i for i in range(7)]
+        finished = threading.Event()
+        started = threading.Event()
+
+        def slow():
+            started.set()
+            finished.wait(0.2)
+            finished.set()
+            return 1
+
+        def fails():
+            started.wait(5)
+            raise ValueError("cell failed")
+
+        with pytest.raises(ValueError, match="cell failed"):
+            ahead.run_all([slow, fails])
+        assert finished.is_set()  # no task still running once the error is raised
+    finally:
+        ahead.close()
+    # closed: the tasks run in the caller's thread, still in order
+    names = ahead.run_all([lambda: threading.current_thread().name] * 2)
+    assert names == [threading.current_thread().name] * 2
+
+
+def test_grouped_quantiles_run_on_the_runner_and_keep_cell_order():
+    from sqlgate.noise_ahead import NoiseAhead
+    q = _median_of(tuple(float(i) for i in range(0, 101)))
+    spec = release._quantile(q, 200.0)  # sharp: each cell's median is its best candidate
+    cells = [np.full(301, float(v)) for v in (90, 10, 55, 0, 100)] + [np.empty(0)]
+    calls = []
+    ahead = NoiseAhead(workers=3)
+    try:
+        def runner(tasks):
+            calls.append(len(tasks))
+            return ahead.run_all(tasks)
+
+        released = release.noisy_quantiles(q, spec, cells, run_cells=runner)
+    finally:
+        ahead.close()
+    assert calls == [6]
+    assert released[:5] == [90.0, 10.0, 55.0, 0.0, 100.0]
+    assert released[5] in q.candidates       # an empty cell still gets a (random) candidate
+    # one cell: no hand-off at all
+    assert release.noisy_quantiles(q, spec, cells[:1], run_cells=runner) == [90.0]
+    assert calls == [6]
+
+
+def test_many_threshold_keys_are_released_in_parts_with_the_same_distribution(gw):
+    from sqlgate.noise_ahead import NoiseAhead
+    plan, entry = gw._plan("SELECT shop, COUNT(*) AS n FROM sales GROUP BY shop")
+    release_plan = gw._calibrate(plan, entry.meta, 1.0)
+    threshold = release_plan.threshold.threshold
+    far = 10 * threshold
+    # keys far above (always kept, near their count), far below (never kept), and at the
+    # threshold itself (kept about half the time: the rate compares the two paths)
+    counts = {f"hi{i}": far for i in range(300)}
+    counts |= {f"lo{i}": 0 for i in range(300)}
+    counts |= {f"at{i}": threshold for i in range(3000)}
+    parts = []
+    ahead = NoiseAhead(workers=3)
+    try:
+        def runner(tasks):
+            parts.append(len(tasks))
+            return ahead.run_all(tasks)
+
+        split = release.threshold_keys(release_plan, counts, run_cells=runner)
+    finally:
+        ahead.close()
+    whole = release.threshold_keys(release_plan, counts)
+    assert parts == [-(-len(counts) // release._THRESHOLD_CHUNK)]
+    for released in (split, whole):
+        assert all(f"hi{i}" in released for i in range(300))
+        assert not any(f"lo{i}" in released for i in range(300))
+        assert all(value >= threshold for value in released.values())
+        assert abs(sum(released[f"hi{i}"] for i in range(300)) / 300 - far) < threshold
+    rate = [sum(key.startswith("at") for key in r) / 3000 for r in (split, whole)]
+    assert 0.3 < rate[0] < 0.7 and abs(rate[0] - rate[1]) < 0.07  # ~8 standard errors
+    # few keys: one OpenDP call, no hand-off
+    assert release.threshold_keys(release_plan, {"a": far}, run_cells=runner) == \
+        {"a": pytest.approx(far, abs=threshold)}
+    assert len(parts) == 1
