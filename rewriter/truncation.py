@@ -48,7 +48,7 @@ from __future__ import annotations
 
 from sqlglot import exp
 
-from sqlgate.metadata import TableMeta
+from sqlgate.metadata import TableMeta, stored_sum_column
 
 _HEAVY = "__heavy_units"
 _UNIT = "__u"
@@ -94,8 +94,12 @@ def ingest_truncation_sql(table: TableMeta, staged: str, parent: TableMeta | Non
 
 
 def truncated_read(table: TableMeta, node: exp.Table, alias: str, k: int) -> exp.Subquery:
-    """`(rows of `node` with at most k per unit) AS alias`, with the table's columns."""
+    """`(rows of `node` with at most k per unit) AS alias`, with the table's columns and its
+    hidden stored-sum columns (TableMeta.stored_sums). The choice of rows (hash and
+    tie-break) reads the declared columns only, so the kept rows do not depend on what the
+    catalog stored beside them: they are the rows the same table without them keeps."""
     names = list(table.columns)
+    projected = names + [stored_sum_column(c, s) for c, s in table.stored_sums.items()]
     unit = table.privacy_unit
     if unit is None:
         raise ValueError("query-time truncation needs a table with its own privacy unit")
@@ -114,7 +118,7 @@ def truncated_read(table: TableMeta, node: exp.Table, alias: str, k: int) -> exp
             # Units are never NULL (checked at load); the old join dropped such rows too.
             test = exp.and_(exp.Not(this=test),
                             exp.Not(this=exp.Is(this=_qcol(unit, "__t"), expression=exp.Null())))
-        return exp.select(*[_qcol(n, "__t") for n in names]).from_(table("__t")).where(test)
+        return exp.select(*[_qcol(n, "__t") for n in projected]).from_(table("__t")).where(test)
 
     heavy_units = (exp.select(exp.alias_(_qcol(unit), _UNIT, quoted=True)).from_(table())
                    .group_by(_qcol(unit))
@@ -122,7 +126,7 @@ def truncated_read(table: TableMeta, node: exp.Table, alias: str, k: int) -> exp
     light = rows(exists=False)
     rank = exp.Window(this=exp.RowNumber(), partition_by=[_qcol(unit)],
                       order=exp.Order(expressions=truncation_order([_qcol(n) for n in names])))
-    heavy = (exp.select(*[_qcol(n) for n in names])
+    heavy = (exp.select(*[_qcol(n) for n in projected])
              .from_(_aliased(rows(exists=True), "__h"))
              .qualify(exp.LTE(this=rank, expression=exp.Literal.number(k))))
     union = exp.union(light, heavy, distinct=False).with_(_HEAVY, as_=heavy_units)

@@ -26,9 +26,11 @@ from sqlglot import exp
 
 from sqlgate.errors import DataLoadError, MetadataError, NotFound, UndefinedTable
 from sqlgate.executor import DuckDBExecutor
-from sqlgate.metadata import (KEY_TYPES, DatasetMeta, TableMeta, dataset_to_dict,
+from sqlgate.metadata import (KEY_TYPES, DatasetMeta, StoredSum, TableMeta, dataset_to_dict,
                               enforced_key_columns, load_order, parse_dataset)
 from rewriter.truncation import ingest_truncation_sql
+from sqlgate.stored_sums import (planned_sums, sums_from_json, sums_to_json, with_stored_sums,
+                                 with_sum_columns)
 
 _LOG = logging.getLogger(__name__)
 
@@ -58,7 +60,24 @@ class Catalog:
                 if unique is None:
                     continue
                 meta = _with_unique_columns(meta, unique)
+                meta = with_stored_sums(meta, sums_from_json(
+                    meta, saved.get("stored_sums"), self._stored_columns(meta)))
                 self._entries[meta.name.lower()] = DatasetEntry(meta, saved["version"])
+
+    def _stored_columns(self, meta: DatasetMeta) -> dict[str, set[str]]:
+        """The columns the engine holds for each table of `meta` (owner-side, metadata of
+        the stored tables only, never their content)."""
+        conn = self._executor.connection.cursor()
+        try:
+            rows = conn.execute("SELECT table_name, column_name FROM duckdb_columns() "
+                                "WHERE schema_name = ? AND NOT internal",
+                                [meta.name]).fetchall()
+        finally:
+            conn.close()
+        found: dict[str, set[str]] = {}
+        for table, column in rows:
+            found.setdefault(table, set()).add(column)
+        return found
 
     def _proved_keys(self, meta: DatasetMeta, recorded: Mapping[str, Any]
                      ) -> dict[str, Any] | None:
@@ -116,7 +135,9 @@ class Catalog:
             unique_columns: Mapping[str, frozenset[str]] | None = None) -> DatasetEntry:
         """Load and publish a dataset. `unique_columns`: for data whose rows live in another
         engine (`sources` are then empty stand-ins), the distinct columns established on that
-        engine; the stand-ins' content (vacuously distinct) is never consulted for them."""
+        engine; the stand-ins' content (vacuously distinct) is never consulted for them.
+        Rows stored here get their stored sums (sqlgate/stored_sums.py); stand-ins do not:
+        the engine that runs the queries has no such columns."""
         sources = dict(sources or {})
         unknown = set(sources) - set(meta.tables)
         if unknown:
@@ -137,12 +158,15 @@ class Catalog:
                     for old in previous.meta.tables.values():
                         conn.execute(f'DROP TABLE IF EXISTS "{meta.name}"."{old.name}"')
                 keys = enforced_key_columns(meta)
+                sums = {t.name: planned_sums(t) for t in meta.tables.values()} \
+                    if unique_columns is None else {}
                 # Parents first: a unit_via table is truncated against its stored parent.
                 for table in load_order(meta):
                     source = sources.get(table.name, table.source)
                     parent = meta.tables[table.unit_via.table] if table.unit_via else None
                     _load_table(conn, meta.name, table, source,
-                                keys=keys.get(table.name, frozenset()), parent=parent)
+                                keys=keys.get(table.name, frozenset()), parent=parent,
+                                sums=sums.get(table.name, {}))
                 if unique_columns is not None:
                     unique = dict(unique_columns)
                 else:
@@ -150,7 +174,7 @@ class Catalog:
                               for t in meta.tables.values() if t.public}
                     # Proved distinct by _load_table (or the load failed above).
                     unique.update(keys)
-                meta = _with_unique_columns(meta, unique)
+                meta = with_stored_sums(_with_unique_columns(meta, unique), sums)
                 if previous is not None:
                     # Retire the old version BEFORE the new data becomes visible: a query
                     # planned against the old metadata that reads the new tables then finds
@@ -173,6 +197,18 @@ class Catalog:
             self._entries[key] = entry
             return entry
 
+    def forget_stored_sums(self) -> None:
+        """Plan every dataset on the per-row sum expressions from now on: queries are about
+        to run on another engine (`sqlgate.backends.use_executor`), which holds no stored-sum
+        columns. In memory only (the saved catalog keeps the facts of this engine's tables).
+        Each such dataset gets a version derived from its own, so no plan cached with the
+        stored columns is used again, and answers stay keyed alike across restarts."""
+        with self._lock:
+            for key, entry in list(self._entries.items()):
+                if any(t.stored_sums for t in entry.meta.tables.values()):
+                    self._entries[key] = DatasetEntry(with_stored_sums(entry.meta, {}),
+                                                      f"{entry.version}-computed-sums")
+
     def drop(self, name: str) -> None:
         with self._lock:
             entry = self.entry(name)
@@ -190,7 +226,8 @@ class Catalog:
             return
         body = {"metadata": dataset_to_dict(entry.meta), "version": entry.version,
                 "unique_columns": {t.name: sorted(t.unique_columns)
-                                   for t in entry.meta.tables.values() if t.unique_columns}}
+                                   for t in entry.meta.tables.values() if t.unique_columns},
+                "stored_sums": sums_to_json(entry.meta)}
         path = self._dir / f"{entry.meta.name.lower()}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2, default=str))
@@ -221,9 +258,11 @@ def resolve_in(datasets: Mapping[str, DatasetMeta], node: exp.Table
 
 
 def _load_table(conn, schema: str, table: TableMeta, source: Any, *,
-                keys: frozenset[str] = frozenset(), parent: TableMeta | None = None) -> None:
+                keys: frozenset[str] = frozenset(), parent: TableMeta | None = None,
+                sums: Mapping[str, StoredSum] | None = None) -> None:
     """Stage, check and store one table. `keys`: columns that must hold distinct non-NULL
-    values (a child truncates through them); `parent`: the unit_via parent, already stored."""
+    values (a child truncates through them); `parent`: the unit_via parent, already stored;
+    `sums`: hidden stored-sum columns to add, computed over the rows kept."""
     reader = _open_source(source, table)
     names = {n.lower(): n for n in reader.schema.names}
     missing = [c for c in table.columns if c not in names]
@@ -257,10 +296,10 @@ def _load_table(conn, schema: str, table: TableMeta, source: Any, *,
             # itself, never its position (the same rule as query-time truncation); a
             # unit_via table is ranked per unit of the stored parent row it joins.
             stored_parent = f'"{schema}"."{parent.name}"' if parent is not None else None
-            conn.execute(f'CREATE TABLE {target} AS ' + ingest_truncation_sql(
-                table, f'"{staging}"', parent, stored_parent))
+            kept = ingest_truncation_sql(table, f'"{staging}"', parent, stored_parent)
         else:
-            conn.execute(f'CREATE TABLE {target} AS SELECT {select} FROM "{staging}"')
+            kept = f'SELECT {select} FROM "{staging}"'
+        conn.execute(f'CREATE TABLE {target} AS ' + with_sum_columns(kept, sums or {}))
     finally:
         conn.execute(f'DROP TABLE IF EXISTS "{staging}"')
 

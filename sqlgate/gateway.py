@@ -42,6 +42,7 @@ from sqlgate.plan_cache import PlanCache, PlannedQuery
 from sqlgate.postprocess import (POSTPROCESS_MEMORY_LIMIT, run_postprocess, typed_keys,
                                  verified_projection)
 from sqlgate.results import DPResult, ExactResult, Explanation, OutputColumn
+from sqlgate.stored_sums import declared_columns_only
 
 DEFAULT_STATEMENT_TIMEOUT_S = 30.0
 EXACT_ROW_LIMIT = 10_000
@@ -208,6 +209,7 @@ class Gateway:
         """An exact, un-noised answer. Only for requests a data owner approved."""
         entry = self.catalog.entry(dataset)
         select = parse_select(sql)
+        read = []
         for node in select.walk():
             if isinstance(node, exp.Table):
                 if not isinstance(node.this, exp.Identifier):
@@ -220,6 +222,9 @@ class Gateway:
                                         f"'{entry.meta.name}' only")
                 node.set("db", exp.to_identifier(meta.name, quoted=True))
                 node.set("this", exp.to_identifier(table.name, quoted=True))
+                read.append((node, table))
+        # The declared columns only: never the catalog's hidden stored sums.
+        select = declared_columns_only(select, read)
         limited = exp.select("*").from_(select.subquery("approved")).limit(row_limit + 1)
         raw = self.executor.run(limited.sql(dialect="duckdb"), timeout_s=self.statement_timeout_s)
         truncated = len(raw.rows) > row_limit

@@ -66,6 +66,29 @@ class ForeignUnit:
 
 
 @dataclass(frozen=True)
+class StoredSum:
+    """How the DuckDB catalog encoded a hidden per-row column beside a bounded column: the
+    integer the planner's fixed-point sum measure adds for that row (rewriter/planner.py
+    `sum_encoding` / `fixed_point_sum`) with these parameters. Set by the loader only; the
+    planner reads the hidden column only while its own parameters are still these."""
+
+    lower: float
+    upper: float
+    bits: int
+    nullable: bool
+
+
+def stored_sum_column(column: str, encoding: StoredSum) -> str:
+    """The hidden column holding `column`'s sums in `encoding`. `$` is not legal in a
+    declared name (`_identifier`), so it never collides with a declared column (and analyst
+    SQL resolves names against the declared columns only). The encoding is part of the name,
+    so the table itself says how its column was computed: a catalog file that does not match
+    the stored tables (a crash between the two writes) names a column that is not there."""
+    flag = "n" if encoding.nullable else "z"
+    return f"__fx${column}${encoding.lower!r}${encoding.upper!r}${encoding.bits}${flag}"
+
+
+@dataclass(frozen=True)
 class TableMeta:
     name: str
     columns: Mapping[str, ColumnMeta]
@@ -88,6 +111,10 @@ class TableMeta:
       a `unit_via`, a privacy_unit declared `unique`). The loader refuses the dataset unless
       they are distinct, so the fact follows from the metadata and a successful load; it is
       never read from private data to choose a plan."""
+    stored_sums: Mapping[str, StoredSum] = field(default_factory=dict)
+    """Private bounded numeric columns (by name) whose fixed-point sum value the DuckDB
+    catalog stored per row in a hidden BIGINT column (`stored_sum_column`), with the
+    encoding used. Set by the loader only, never from YAML; absent on other engines."""
 
     def column(self, name: str) -> ColumnMeta | None:
         return self.columns.get(name.lower())

@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 
 from server.router.protocol import Federation, FederatedPlan, partial_vector, plan_federated
+from sqlgate.stored_sums import without_stored_sums
 
 
 @dataclass(frozen=True)
@@ -25,7 +26,10 @@ class ChargedPartial:
 
 
 def federated_plan(gateway, sql: str, epsilon: float | None, federation: Federation) -> FederatedPlan:
-    return plan_federated(sql, gateway.catalog.resolve_table, gateway.dataset, epsilon, federation)
+    # Planned as the router plans it, from the shared metadata: without the sums this
+    # domain's catalog stored (their bounded SQL differs, so would the fingerprint).
+    return plan_federated(sql, without_stored_sums(gateway.catalog.resolve_table),
+                          gateway.dataset, epsilon, federation)
 
 
 def check_budget(gateway, fplan: FederatedPlan, analyst: str) -> None:

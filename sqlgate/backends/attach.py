@@ -24,6 +24,8 @@ def use_executor(gateway, executor):
     """Route gateway.query / run_exact to `executor` (which accepts DuckDB-dialect SQL and
     translates it). Returns the previous executor, which the caller may close."""
     previous = gateway.executor
+    if not isinstance(executor, DuckDBExecutor):
+        gateway.catalog.forget_stored_sums()  # that engine has no stored-sum columns
     gateway.executor = executor
     return previous
 

@@ -27,6 +27,7 @@ from sqlgate import release
 from sqlgate.errors import SqlgateError
 from sqlgate.gateway import Gateway
 from sqlgate.metadata import parse_dataset
+from sqlgate.stored_sums import without_stored_sums
 
 ADVERSARY = 999
 GROUP_KEYS = ["a", "b", "c", "d"]
@@ -378,6 +379,34 @@ def _released_cells(plan: DPPlan, before: dict, after: dict) -> list[tuple]:
     if plan.keys.mode == "public":
         return [_cell(c) for c in plan.keys.public_cells]
     return sorted(set(before) | set(after), key=repr)
+
+
+def check_stored_sums(nb: Neighbours, sql: str) -> bool:
+    """The bounded SQL summing the catalog's stored columns (sqlgate/stored_sums.py) gives
+    the very engine rows of the same plan computing the per-row expression instead, on the
+    dataset with the adversary. True when the plan read a stored column."""
+    visible = frozenset({"n1"})
+    try:
+        stored = nb.plan("n1", sql)
+        bare = plan_query(sql, without_stored_sums(
+            lambda node: nb.gateway.catalog.resolve_table(node, visible)))
+    except SqlgateError:
+        return False
+    if stored.bounded_sql == bare.bounded_sql:
+        return False
+    assert stored.measures == bare.measures, sql
+    rows = [Counter(_cell(row) for row in nb.run(p.bounded_sql)) for p in (stored, bare)]
+    assert rows[0] == rows[1], (sql, rows)
+    return True
+
+
+def check_stored_scenario(scenario: Scenario) -> int:
+    """How many of the scenario's queries read stored sums (each checked as above)."""
+    nb = Neighbours(scenario)
+    try:
+        return sum(check_stored_sums(nb, sql) for sql in scenario.queries) if nb.loaded else 0
+    finally:
+        nb.close()
 
 
 def check_scenario(scenario: Scenario) -> Outcome:
