@@ -2,7 +2,7 @@
 
 `PostgresLedger` needs psycopg 3 (`pip install "psycopg[binary]"`); it is imported lazily.
 """
-from accountant.accountant import Accountant
+from accountant.accountant import Accountant, PendingCharge
 from accountant.budget import BudgetStatus
 from accountant.cost import PrivacyCost, zero_cost
 from accountant.ledger import Ledger
@@ -18,5 +18,5 @@ def __getattr__(name):
     raise AttributeError(f"module 'accountant' has no attribute {name!r}")
 
 
-__all__ = ["Accountant", "Budget", "BudgetStatus", "Ledger", "PostgresLedger", "PrivacyCost",
-           "SqliteLedger", "zero_cost"]
+__all__ = ["Accountant", "Budget", "BudgetStatus", "Ledger", "PendingCharge", "PostgresLedger",
+           "PrivacyCost", "SqliteLedger", "zero_cost"]

@@ -7,21 +7,35 @@ analyst is: ledger override, else the metadata's per-analyst budget, else the de
 Each dataset is filtered in exactly one measure (see accountant/zcdp.py for why one, and
 accountant/budget.py for the arithmetic). `charge` checks and records in one ledger
 transaction under a per-(analyst, dataset) lock, so concurrent charges cannot overspend.
+The gateway charges (reserves) while its engine runs and `refund`s when the query fails
+before noise touched data; a crash in between leaves the analyst charged for nothing
+(conservative: never an overspend).
 Error messages carry only public facts: names, budgets and costs, never query data.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping
 
 from accountant.budget import BudgetStatus, Limits, Spent, rho_of
 from accountant.cost import MEASURES, PrivacyCost
-from accountant.ledger import ChargeRequest, Ledger
+from accountant.ledger import ChargeRequest, Decide, Ledger
 from accountant.zcdp import epsilon_for_rho
 from sqlgate.errors import BudgetExhausted, InvalidParameter, NotFound
 from sqlgate.metadata import Budget
+
+
+@dataclass(frozen=True)
+class PendingCharge:
+    """A charge started by `Accountant.reserve`: `finish()` -> charge id, once."""
+
+    finish: Callable[[], int]
+    begun: bool
+    """True: checked and inserted under the held write lock; `finish` only commits and never
+    waits for a lock. False: `finish` makes the whole charge (and may wait for the lock)."""
 
 
 @dataclass(frozen=True)
@@ -121,11 +135,45 @@ class Accountant:
         """Re-check and record `cost` in one transaction; returns the charge id.
 
         Charge before release: nothing computed with noise may reach the analyst before this
-        returns; the charge is never refunded. `answer` (the noisy answer, computed but not
-        yet released) is stored in the same transaction, for free identical repeats.
+        returns (it is durable then). `answer` (the noisy answer, computed but not yet
+        released) is stored in the same transaction, for free identical repeats. Never
+        refunded by its callers (the router, torch_bridge); see `reserve` for the gateway's.
         """
         if answer is not None and not isinstance(answer, (bytes, bytearray, memoryview)):
             raise InvalidParameter("answers are stored as bytes")
+        request, decide, ds = self._prepare(analyst, dataset, cost, query_key, query_text)
+        return self._charge(request, decide, ds, None if answer is None else bytes(answer))
+
+    def reserve(self, analyst: str, dataset: str, cost: PrivacyCost, *,
+                query_key: str | None = None, query_text: str | None = None) -> PendingCharge:
+        """Start the charge of a query that is about to run. `PendingCharge.finish()` makes
+        it durable and returns the charge id (call it once, from any thread: the gateway
+        calls it on a worker while its engine runs, and waits for it before releasing).
+
+        When the ledger's write lock is free, the re-check and the insert happen here, on
+        the calling thread, and `finish` only commits (the fsync; `begun` is True: the lock
+        is held until then, so run it soon, and never behind work that waits for that
+        lock); a refusal then raises BudgetExhausted here, before the query runs. Otherwise
+        (the lock is busy, or the ledger cannot split a charge) `finish` makes the whole
+        charge and raises the refusal itself. The charge may be `refund`ed if the query
+        fails before noise touched data; a crash before that leaves it charged
+        (conservative: never an overspend).
+        """
+        request, decide, ds = self._prepare(analyst, dataset, cost, query_key, query_text)
+        while True:
+            try:
+                commit = self.ledger.try_begin_charge(request, decide)
+                break
+            except _ColdLimits as cold:
+                self._warm(ds.measure, cold.budget)
+        if commit is not None:
+            return PendingCharge(commit, begun=True)
+        return PendingCharge(functools.partial(self._charge, request, decide, ds, None),
+                             begun=False)
+
+    def _prepare(self, analyst: str, dataset: str, cost: PrivacyCost, query_key: str | None,
+                 query_text: str | None) -> tuple[ChargeRequest, Decide, DatasetAccounting]:
+        """The ledger request and the budget decision (run under the ledger's lock)."""
         _check_name(analyst, "analyst")
         ds = self._dataset(dataset)
         _check_cost(ds, cost)
@@ -138,23 +186,38 @@ class Accountant:
                 raise _ColdLimits(budget)  # rolls the transaction back: nothing written
             self._decide(ds, analyst, cost, override, spent)
 
+        # The (slow, ~0.1 s) rho_for_epsilon bisection never runs under the lock: a budget
+        # not seen before aborts the transaction, is computed outside it, and the charge
+        # starts again. The usual budget is warmed here.
+        self._warm(ds.measure, self._budget(ds, analyst, None))
+        return request, decide, ds
+
+    def _charge(self, request: ChargeRequest, decide: Decide, ds: DatasetAccounting,
+                answer: bytes | None) -> int:
         # No separate pre-check read: the decision is made under the ledger's lock anyway
         # (callers like the gateway pre-check already), and a read per charge was a
-        # visible part of a query's fixed cost. The (slow, ~0.1 s) rho_for_epsilon
-        # bisection never runs under the lock: a budget not seen before aborts the
-        # transaction, is computed outside it, and the charge starts again.
-        self._warm(ds.measure, self._budget(ds, analyst, None))
+        # visible part of a query's fixed cost.
         while True:
             try:
-                return self.ledger.charge(request, decide,
-                                          answer=None if answer is None else bytes(answer))
+                return self.ledger.charge(request, decide, answer=answer)
             except _ColdLimits as cold:
                 self._warm(ds.measure, cold.budget)
 
+    def refund(self, charge_id: int, reason: str) -> None:
+        """Durably take back a charge whose query failed before noise touched its data (the
+        engine failed, timed out, was cancelled, the dataset was replaced). `reason` is
+        public text kept in the history. Refused (Conflict) once an answer was recorded
+        for the charge, or if it is already refunded; NotFound for an unknown id."""
+        self.ledger.refund(_charge_id(charge_id), reason)
+
     def record_answer(self, charge_id: int, answer: bytes) -> None:
+        """Store a charge's released answer for free identical repeats, in its own write
+        that does not wait for a sync: an OS crash may lose it (never the charge), and then
+        a repeat is charged again (conservative). Conflict if the charge was refunded or
+        already has an answer."""
         if not isinstance(answer, (bytes, bytearray, memoryview)):
             raise InvalidParameter("answers are stored as bytes")
-        self.ledger.record_answer(charge_id, bytes(answer))
+        self.ledger.record_answer(_charge_id(charge_id), bytes(answer))
 
     # ------------------------------------------------------------------ policy
 
@@ -186,6 +249,12 @@ class _ColdLimits(Exception):
     def __init__(self, budget: Budget):
         super().__init__("budget limits not computed yet")
         self.budget = budget
+
+
+def _charge_id(value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidParameter("a charge id is an integer")
+    return value
 
 
 def _check_name(value: str, what: str) -> None:

@@ -10,6 +10,15 @@ so each statement after the lock sees every charge committed before the lock was
 An advisory lock is used rather than `SELECT ... FOR UPDATE` because a budget row exists
 only for overridden budgets.
 
+Refunds and cached answers: a refund is a row of `refunds` (durable, committed like a
+charge) that takes the charge out of the sums. An answer is written in its own transaction
+with `SET LOCAL synchronous_commit = off`: PostgreSQL then returns before the commit's WAL
+is flushed; a server or OS crash may lose that transaction whole, never make the database
+inconsistent (PostgreSQL docs, "Asynchronous Commit"), and a charge committed before it
+synchronously stays. Losing a cached answer only means an identical repeat is charged again.
+Refunds and answers of one charge are serialised by locking the charge row (FOR UPDATE
+takes a row lock; it fires no UPDATE trigger).
+
 Connections: a new connection per call (no pool state to go stale across fork), with at most
 `max_connections` open at once per ledger object so many threads cannot exhaust the server.
 psycopg is imported lazily so the accountant works without it for SQLite-only installs.
@@ -22,7 +31,8 @@ import threading
 from typing import Iterator
 
 from accountant.budget import Spent
-from accountant.ledger import HISTORY_FIELDS, ChargeRequest, Decide, Ledger, history_filter
+from accountant.ledger import (HISTORY_FIELDS, HISTORY_SQL, ChargeRequest, Decide, Ledger,
+                               check_reason, history_filter)
 from sqlgate.errors import Conflict, NotFound
 from sqlgate.metadata import Budget
 
@@ -57,7 +67,13 @@ _SCHEMA = [
         answer BYTEA NOT NULL,
         created_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
     "CREATE INDEX IF NOT EXISTS answers_by_key ON answers (analyst, dataset, query_key)",
-    # Charge before release, no refunds (privacy rule 4): the charge log is append-only.
+    # Added after the first release: IF NOT EXISTS migrates older ledgers when opened.
+    """CREATE TABLE IF NOT EXISTS refunds (
+        charge_id BIGINT PRIMARY KEY REFERENCES charges (id),
+        reason TEXT NOT NULL,
+        refunded_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
+    # Charge before release (privacy rule 4): the charge log is append-only. A refund is a
+    # row of its own (made only before anything was released), append-only too.
     """CREATE OR REPLACE FUNCTION sqlgate_charges_append_only() RETURNS trigger
         LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'privacy charges are append-only'; END $$""",
@@ -66,6 +82,16 @@ _SCHEMA = [
                        AND tgrelid = 'charges'::regclass) THEN
             CREATE TRIGGER charges_append_only BEFORE UPDATE OR DELETE ON charges
             FOR EACH ROW EXECUTE FUNCTION sqlgate_charges_append_only();
+        END IF;
+    END $$""",
+    """CREATE OR REPLACE FUNCTION sqlgate_refunds_append_only() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION 'privacy refunds are append-only'; END $$""",
+    """DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'refunds_append_only'
+                       AND tgrelid = 'refunds'::regclass) THEN
+            CREATE TRIGGER refunds_append_only BEFORE UPDATE OR DELETE ON refunds
+            FOR EACH ROW EXECUTE FUNCTION sqlgate_refunds_append_only();
         END IF;
     END $$""",
 ]
@@ -120,8 +146,10 @@ class PostgresLedger(Ledger):
 
     @staticmethod
     def _spent(conn, analyst: str, dataset: str) -> Spent:
-        rows = conn.execute("SELECT measure, epsilon, delta, rho FROM charges "
-                            "WHERE analyst = %s AND dataset = %s", (analyst, dataset)).fetchall()
+        rows = conn.execute("SELECT measure, epsilon, delta, rho FROM charges c "
+                            "WHERE analyst = %s AND dataset = %s AND NOT EXISTS "
+                            "(SELECT 1 FROM refunds r WHERE r.charge_id = c.id)",
+                            (analyst, dataset)).fetchall()
         return Spent.from_rows(rows)
 
     # ------------------------------------------------------------------ Ledger
@@ -168,18 +196,43 @@ class PostgresLedger(Ledger):
                      bytes(answer)))
             return int(row[0])
 
+    def _locked_charge(self, conn, charge_id: int):
+        """(analyst, dataset, query_key, refunded) of a charge, its row locked until COMMIT."""
+        row = conn.execute(
+            "SELECT c.analyst, c.dataset, c.query_key, "
+            "EXISTS (SELECT 1 FROM refunds r WHERE r.charge_id = c.id) "
+            "FROM charges c WHERE c.id = %s FOR UPDATE", (charge_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"no privacy charge with id {charge_id}")
+        return row
+
+    def refund(self, charge_id: int, reason: str) -> None:
+        reason = check_reason(reason)
+        charge_id = int(charge_id)
+        with self._connection() as conn, conn.transaction():  # synchronous commit: durable
+            row = self._locked_charge(conn, charge_id)
+            if conn.execute("SELECT 1 FROM answers WHERE charge_id = %s",
+                            (charge_id,)).fetchone():
+                raise Conflict(f"charge {charge_id} has a released answer; it cannot be refunded")
+            if row[3]:
+                raise Conflict(f"charge {charge_id} is already refunded")
+            conn.execute("INSERT INTO refunds (charge_id, reason) VALUES (%s, %s)",
+                         (charge_id, reason))
+
     def record_answer(self, charge_id: int, answer: bytes) -> None:
+        charge_id = int(charge_id)
         with self._connection() as conn, conn.transaction():
-            row = conn.execute("SELECT analyst, dataset, query_key FROM charges WHERE id = %s",
-                               (int(charge_id),)).fetchone()
-            if row is None:
-                raise NotFound(f"no privacy charge with id {int(charge_id)}")
+            # This transaction only: commit without waiting for the WAL flush (see above).
+            conn.execute("SET LOCAL synchronous_commit = off")
+            row = self._locked_charge(conn, charge_id)
+            if row[3]:
+                raise Conflict(f"charge {charge_id} was refunded; it has no answer")
             inserted = conn.execute(
                 "INSERT INTO answers (charge_id, analyst, dataset, query_key, answer) "
                 "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (charge_id) DO NOTHING RETURNING 1",
-                (int(charge_id), row[0], row[1], row[2], bytes(answer))).fetchone()
+                (charge_id, row[0], row[1], row[2], bytes(answer))).fetchone()
             if inserted is None:
-                raise Conflict(f"an answer is already recorded for charge {int(charge_id)}")
+                raise Conflict(f"an answer is already recorded for charge {charge_id}")
 
     def cached_answer(self, analyst: str, dataset: str, query_key: str) -> bytes | None:
         with self._connection() as conn, conn.transaction():
@@ -191,12 +244,13 @@ class PostgresLedger(Ledger):
     def history(self, analyst: str | None = None, dataset: str | None = None) -> list[dict]:
         where, params = history_filter(analyst, dataset, "%s")
         with self._connection() as conn, conn.transaction():
-            rows = conn.execute(f"SELECT {', '.join(HISTORY_FIELDS)} FROM charges{where} "
-                                "ORDER BY id", params).fetchall()
+            rows = conn.execute(f"{HISTORY_SQL}{where} ORDER BY c.id", params).fetchall()
         out = []
         for row in rows:
             item = dict(zip(HISTORY_FIELDS, row))
             item["created_at"] = item["created_at"].isoformat()
+            if item["refunded_at"] is not None:
+                item["refunded_at"] = item["refunded_at"].isoformat()
             out.append(item)
         return out
 

@@ -9,6 +9,15 @@
 * One connection per thread and process, kept open: no connection is shared between
   threads, and nothing is inherited across fork (a forked child opens its own). Closing a
   connection per call would checkpoint the WAL each time, adding fsyncs to every query.
+* Charges and refunds commit with `synchronous=FULL`. A cached answer commits with
+  `synchronous=NORMAL` for its one statement (its own transaction; the pragma cannot change
+  inside a transaction, so it is set before and put back after): in WAL mode that commit does
+  not sync, but every later FULL commit and every checkpoint syncs the whole log first, so
+  what survives an OS crash is always a prefix of the commit order. A crash can thus lose a
+  cached answer (an identical repeat is charged again: conservative) but never a charge that
+  was reported committed, and it cannot corrupt the file (SQLite: WAL with NORMAL is always
+  consistent; only durability of that last transaction is given up). An application crash
+  loses nothing in either mode.
 """
 from __future__ import annotations
 
@@ -21,7 +30,8 @@ from pathlib import Path
 from typing import Iterator
 
 from accountant.budget import Spent
-from accountant.ledger import HISTORY_FIELDS, ChargeRequest, Decide, Ledger, history_filter
+from accountant.ledger import (HISTORY_FIELDS, HISTORY_SQL, ChargeRequest, Decide, Ledger,
+                               check_reason, history_filter)
 from sqlgate.errors import Conflict, NotFound
 from sqlgate.metadata import Budget
 
@@ -57,24 +67,37 @@ CREATE TABLE IF NOT EXISTS answers (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS answers_by_key ON answers (analyst, dataset, query_key);
--- Charge before release, no refunds (privacy rule 4): the charge log is append-only.
+-- Added after the first release: IF NOT EXISTS migrates older ledger files when opened.
+CREATE TABLE IF NOT EXISTS refunds (
+    charge_id INTEGER PRIMARY KEY REFERENCES charges (id),
+    reason TEXT NOT NULL,
+    refunded_at TEXT NOT NULL
+);
+-- Charge before release (privacy rule 4): the charge log is append-only. A refund is a row
+-- of its own (made only before anything was released), append-only too.
 CREATE TRIGGER IF NOT EXISTS charges_no_update BEFORE UPDATE ON charges
 BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS charges_no_delete BEFORE DELETE ON charges
 BEGIN SELECT RAISE(ABORT, 'privacy charges are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS refunds_no_update BEFORE UPDATE ON refunds
+BEGIN SELECT RAISE(ABORT, 'privacy refunds are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS refunds_no_delete BEFORE DELETE ON refunds
+BEGIN SELECT RAISE(ABORT, 'privacy refunds are append-only'); END;
 """
 
 
-# The override, every charge and (lookup) the latest cached answer of one (analyst, dataset)
-# as tagged rows of one UNION ALL. Charge rows carry their measure ('pure' | 'zcdp', by the
-# table's CHECK), so the tags below cannot collide with them.
+# The override, every charge not refunded and (lookup) the latest cached answer of one
+# (analyst, dataset) as tagged rows of one UNION ALL. Charge rows carry their measure
+# ('pure' | 'zcdp', by the table's CHECK), so the tags below cannot collide with them. The
+# refund probe is a primary-key lookup per charge (the refunds table is small).
 _BUDGET_TAG = "budget"
 _ANSWER_TAG = "answer"
 _STATE_SQL = (
     f"SELECT '{_BUDGET_TAG}', NULL, epsilon, delta, NULL FROM budgets "
     "WHERE analyst = ? AND dataset = ? "
     "UNION ALL SELECT measure, NULL, epsilon, delta, rho FROM charges "
-    "WHERE analyst = ? AND dataset = ?")
+    "WHERE analyst = ? AND dataset = ? "
+    "AND NOT EXISTS (SELECT 1 FROM refunds WHERE refunds.charge_id = charges.id)")
 _ANSWER_SQL = (
     f" UNION ALL SELECT '{_ANSWER_TAG}', answer, NULL, NULL, NULL FROM "
     "(SELECT answer FROM answers WHERE analyst = ? AND dataset = ? AND query_key = ? "
@@ -151,6 +174,14 @@ class SqliteLedger(Ledger):
         # pid) opens its own. isolation_level=None: we issue BEGIN/COMMIT ourselves (Python's
         # implicit transactions would begin DEFERRED, which can deadlock-upgrade).
         local = self._local
+        pending = getattr(local, "pending", None)
+        if pending is not None:
+            # This thread's connection was lent to a worker to commit a charge begun here
+            # (try_begin_charge): finish that commit (or wait for it) before reusing it. Its
+            # outcome belongs to whoever reserved; a failed commit was rolled back.
+            local.pending = None
+            if local.pid == os.getpid():
+                pending.settle()
         if getattr(local, "conn", None) is None or local.pid != os.getpid():
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, isolation_level=None,
                                    check_same_thread=False)
@@ -182,6 +213,29 @@ class SqliteLedger(Ledger):
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+
+    @contextlib.contextmanager
+    def _relaxed(self, conn: sqlite3.Connection) -> Iterator[None]:
+        """Statements committed without a sync of their own (see the module docstring for
+        why that is safe for cached answers, and only for them)."""
+        conn.execute("PRAGMA synchronous = NORMAL")  # SQLite refuses it inside a transaction
+        try:
+            yield
+        finally:
+            try:
+                conn.execute("PRAGMA synchronous = FULL")
+            except BaseException:
+                # Never keep a connection whose charges would commit unsynced.
+                self._discard(conn)
+                raise
+
+    def _discard(self, conn: sqlite3.Connection) -> None:
+        if getattr(self._local, "conn", None) is conn:
+            self._local.conn = None
+        try:
+            conn.close()
+        except sqlite3.Error:
+            pass
 
     @staticmethod
     def _state(conn: sqlite3.Connection, analyst: str, dataset: str,
@@ -248,16 +302,78 @@ class SqliteLedger(Ledger):
                                         request.query_key, answer, now)
             return int(charge_id)
 
-    def record_answer(self, charge_id: int, answer: bytes) -> None:
-        with self._connection() as conn, self._write(conn):
-            row = conn.execute("SELECT analyst, dataset, query_key FROM charges WHERE id = ?",
-                               (int(charge_id),)).fetchone()
+    def try_begin_charge(self, request: ChargeRequest, decide: Decide) -> "_PendingCommit | None":
+        with self._connection() as conn:
+            if not self._begin_without_waiting(conn):
+                return None  # another writer holds the lock: the whole charge goes later
+            try:
+                _, override, spent = self._state(conn, request.analyst, request.dataset)
+                decide(override, spent)
+                cursor = conn.execute(
+                    "INSERT INTO charges (analyst, dataset, measure, epsilon, delta, rho, "
+                    "query_key, query_text, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (request.analyst, request.dataset, request.measure, float(request.epsilon),
+                     float(request.delta), float(request.rho), request.query_key,
+                     request.query_text, _now()))
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            pending = _PendingCommit(conn, int(cursor.lastrowid))
+            self._local.pending = pending
+            return pending
+
+    def _begin_without_waiting(self, conn: sqlite3.Connection) -> bool:
+        """BEGIN IMMEDIATE if the write lock is free now; False (nothing begun) if not."""
+        conn.execute("PRAGMA busy_timeout = 0")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return True
+        except sqlite3.OperationalError:
+            return False
+        finally:
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_s * 1000)}")
+
+    def refund(self, charge_id: int, reason: str) -> None:
+        reason = check_reason(reason)
+        charge_id = int(charge_id)
+        with self._connection() as conn, self._write(conn):  # durable: synchronous=FULL
+            row = conn.execute(
+                "SELECT EXISTS (SELECT 1 FROM answers WHERE charge_id = ?), "
+                "EXISTS (SELECT 1 FROM refunds WHERE charge_id = ?) FROM charges WHERE id = ?",
+                (charge_id, charge_id, charge_id)).fetchone()
             if row is None:
-                raise NotFound(f"no privacy charge with id {int(charge_id)}")
-            if conn.execute("SELECT 1 FROM answers WHERE charge_id = ?",
-                            (int(charge_id),)).fetchone():
-                raise Conflict(f"an answer is already recorded for charge {int(charge_id)}")
-            self._insert_answer(conn, int(charge_id), row[0], row[1], row[2], answer, _now())
+                raise NotFound(f"no privacy charge with id {charge_id}")
+            if row[0]:
+                raise Conflict(f"charge {charge_id} has a released answer; it cannot be refunded")
+            if row[1]:
+                raise Conflict(f"charge {charge_id} is already refunded")
+            conn.execute("INSERT INTO refunds (charge_id, reason, refunded_at) VALUES (?, ?, ?)",
+                         (charge_id, reason, _now()))
+
+    def record_answer(self, charge_id: int, answer: bytes) -> None:
+        charge_id = int(charge_id)
+        with self._connection() as conn, self._relaxed(conn):
+            # One statement, its own transaction (it takes the write lock before it reads,
+            # waiting busy_timeout like BEGIN IMMEDIATE): it copies the charge's analyst,
+            # dataset and key; a refunded charge matches no row; the answers primary key
+            # refuses a second answer. No BEGIN/COMMIT: two statements fewer per query.
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO answers (charge_id, analyst, dataset, query_key, answer, "
+                    "created_at) SELECT id, analyst, dataset, query_key, ?, ? FROM charges "
+                    "WHERE id = ? AND NOT EXISTS "
+                    "(SELECT 1 FROM refunds WHERE refunds.charge_id = charges.id)",
+                    (bytes(answer), _now(), charge_id))
+            except sqlite3.IntegrityError:
+                raise Conflict(f"an answer is already recorded for charge {charge_id}") from None
+            except sqlite3.OperationalError as exc:
+                raise Conflict("the privacy ledger is busy; try again",
+                               hint=f"SQLite: {exc}") from None
+            if cursor.rowcount != 1:
+                if conn.execute("SELECT 1 FROM charges WHERE id = ?", (charge_id,)).fetchone():
+                    raise Conflict(f"charge {charge_id} was refunded; it has no answer")
+                raise NotFound(f"no privacy charge with id {charge_id}")
 
     @staticmethod
     def _insert_answer(conn: sqlite3.Connection, charge_id: int, analyst: str, dataset: str,
@@ -290,12 +406,48 @@ class SqliteLedger(Ledger):
     def history(self, analyst: str | None = None, dataset: str | None = None) -> list[dict]:
         where, params = history_filter(analyst, dataset, "?")
         with self._connection() as conn:
-            rows = conn.execute(f"SELECT {', '.join(HISTORY_FIELDS)} FROM charges{where} "
-                                "ORDER BY id", params).fetchall()
+            rows = conn.execute(f"{HISTORY_SQL}{where} ORDER BY c.id", params).fetchall()
         return [dict(zip(HISTORY_FIELDS, row)) for row in rows]
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
+
+
+class _PendingCommit:
+    """The COMMIT of a charge begun by try_begin_charge, run once by whoever comes first:
+    the worker it was handed to, or the thread that began it when it next needs its
+    connection. Python's sqlite3 releases the GIL while SQLite commits (and fsyncs)."""
+
+    def __init__(self, conn: sqlite3.Connection, charge_id: int):
+        self._conn = conn
+        self._charge_id = charge_id
+        self._lock = threading.Lock()
+        self._done = False
+        self._error: BaseException | None = None
+
+    def settle(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._done = True
+            try:
+                self._conn.execute("COMMIT")
+            except BaseException as exc:
+                self._error = exc
+                try:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+
+    def __call__(self) -> int:
+        self.settle()
+        if self._error is not None:
+            if isinstance(self._error, sqlite3.OperationalError):
+                raise Conflict("the privacy ledger could not commit the charge; try again",
+                               hint=f"SQLite: {self._error}") from None
+            raise self._error
+        return self._charge_id
 
 
 def _statements(script: str) -> list[str]:

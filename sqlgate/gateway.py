@@ -1,17 +1,20 @@
 """The embedded gateway: catalog + rewriter + engine + accountant + release, in process.
 
 Order of a query (privacy rule 4): plan (no data) -> cached answer or budget pre-check (one
-ledger read, no write) -> run the bounded SQL (meanwhile, when the plan alone fixes the
-answer's cells, OpenDP draws the noise on zeros: sqlgate/noise_ahead.py) -> add the noise
-with OpenDP and post-process, held in memory -> charge the ledger atomically, storing the
-noisy answer in the same transaction (an identical repeat then costs nothing and never
-redraws) -> release. Nothing noisy leaves before the charge commits; a failure after noise
-was added to data is still charged.
+ledger read, no write) -> reserve: the atomic check-and-charge, committed on a worker
+(sqlgate/charge_ahead.py) -> run the bounded SQL (meanwhile the charge commits durably and,
+when the plan alone fixes the answer's cells, OpenDP draws the noise on zeros:
+sqlgate/noise_ahead.py) -> add the noise with OpenDP and post-process, held in memory ->
+wait for the charge (refused: BudgetExhausted, the answer dropped unseen) -> store the noisy
+answer for free identical repeats (its own write, not synced) -> release. Nothing noisy
+leaves before the charge is durable; a failure after noise was added to data is charged; a
+failure before it (engine error, timeout, cancel, dataset replaced) refunds the charge.
 """
 from __future__ import annotations
 
 import datetime
 import hashlib
+import logging
 import math
 import tempfile
 import threading
@@ -33,7 +36,9 @@ from rewriter.plan import DPPlan
 from sqlgate import release as noise
 from sqlgate.accuracy import output_columns
 from sqlgate.catalog import Catalog, DatasetEntry, resolve_in
-from sqlgate.errors import Conflict, InvalidParameter, PolicyRefused, QueryCanceled
+from sqlgate.charge_ahead import ChargeAhead
+from sqlgate.errors import (Conflict, ExecutionFailed, InvalidParameter, PolicyRefused,
+                            QueryCanceled)
 from sqlgate.executor import DuckDBExecutor, sandboxed_duckdb
 from sqlgate.metadata import Budget, DatasetMeta, load_dataset_yaml
 from sqlgate.mock import mock_dataset_table
@@ -49,6 +54,7 @@ EXACT_ROW_LIMIT = 10_000
 MIN_EPSILON = 1e-6
 MAX_EPSILON = 1e4
 _MEASURE_FOR_MECHANISM = {"laplace": "pure", "gaussian": "zcdp"}
+_log = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -73,6 +79,7 @@ class Gateway:
         self._post = threading.local()
         self._plans = PlanCache()
         self._noise_ahead = NoiseAhead()
+        self._charge_ahead = ChargeAhead()
         for entry in self.catalog.entries():
             self._register_budgets(entry.meta)
 
@@ -148,9 +155,64 @@ class Gateway:
         cached = self.accountant.cached_or_check(analyst, meta.name, query_key, release_plan.cost)
         if cached is not None:
             return DPResult.from_json_bytes(cached, cached=True)
-        # Cells known from the plan: the noise is drawn (by OpenDP, on zeros) while the
-        # engine runs; it does not depend on the data (sqlgate/noise_ahead.py).
-        drawn = self._noise_ahead.submit(plan, release_plan)
+        # The atomic check-and-charge (a reservation): re-checked and inserted here when the
+        # ledger's lock is free (a refusal raises now, before the engine), committed (fsync)
+        # on a worker while the engine runs (with the lock busy, the whole charge runs
+        # there), and waited for below, before anything is released (charge_ahead.py).
+        pending = self.accountant.reserve(analyst, meta.name, release_plan.cost,
+                                          query_key=query_key, query_text=sql)
+        reservation = self._charge_ahead.submit(self.accountant, pending)
+        # Up to the noise, nothing has touched the data but the engine: any failure until
+        # then refunds the reservation. The failure is raised outside its `except`, so a
+        # refusal raised by the refund does not carry it as context.
+        failure = None
+        try:
+            # Cells known from the plan: the noise is drawn (by OpenDP, on zeros) while the
+            # engine runs; it does not depend on the data (sqlgate/noise_ahead.py).
+            drawn = self._noise_ahead.submit(plan, release_plan)
+            raw_rows, quantile_values = self._run_engine(planned, cancel)
+            if cancel is not None and cancel.is_set():
+                # Cancelled after the engine finished but before noise: refunded below.
+                raise QueryCanceled("the query was cancelled before its answer was released")
+            if not self.catalog.is_current(entry):
+                # The dataset was replaced or dropped while the query ran: the plan's bounds
+                # may not hold for what the engine read. No noise touched it yet.
+                raise Conflict(f"dataset '{meta.name}' was replaced while the query ran; run "
+                               f"it again")
+            drawn_noise = drawn.result() if drawn is not None else None  # drawn on zeros
+        except BaseException as exc:
+            failure = exc
+        if failure is not None:
+            reservation.refund(_refund_reason(failure))  # raises a budget refusal, if any
+            raise failure
+        # Noise is applied to data from here on, and released only AFTER the charge is
+        # durable (rule 4 is about release). If the charge was refused, the noisy answer is
+        # dropped unseen. Anything that fails once noise was applied is charged (no refund)
+        # before its error propagates: such an error may depend on noisy values, and an
+        # analyst must not learn about them for free (the refusal then is BudgetExhausted,
+        # whatever the noise).
+        try:
+            noisy = _noisy_table(plan, release_plan, raw_rows, quantile_values, drawn_noise)
+            rows, columns = self._postprocess(planned, release_plan, noisy)
+            result = DPResult(columns=columns, rows=rows, cost=release_plan.cost, cached=False,
+                              query_id=uuid.uuid4().hex, dataset=meta.name, sql=sql,
+                              rewritten_sql=plan.engine_sql, mechanism=meta.mechanism,
+                              key_release=plan.keys.mode)
+            answer = result.to_json_bytes()
+        except BaseException as exc:
+            failure = exc
+        if failure is not None:
+            # Outside the except: the refusal must not carry the noise-dependent failure
+            # as its context (tracebacks and logs show it).
+            reservation.charge_id()
+            raise failure
+        charge_id = reservation.charge_id()
+        self._remember(charge_id, answer)
+        return result
+
+    def _run_engine(self, planned: PlannedQuery, cancel: threading.Event | None):
+        """The bounded rows and the quantile values (if any) of a plan, from the engine."""
+        plan = planned.plan
         raw_rows = []
         if plan.bounded_sql:
             raw_rows = self.executor.run(plan.bounded_sql, timeout_s=self.statement_timeout_s,
@@ -167,43 +229,16 @@ class Gateway:
                 quantile_values = self.executor.run(plan.quantile_sql, cancel=cancel,
                                                     timeout_s=self.statement_timeout_s,
                                                     as_frame=True)
-        if cancel is not None and cancel.is_set():
-            # Cancelled after the engine finished but before noise: nothing to pay for.
-            raise QueryCanceled("the query was cancelled before its answer was released")
-        if not self.catalog.is_current(entry):
-            # The dataset was replaced or dropped while the query ran: the plan's bounds may
-            # not hold for what the engine read. Nothing was drawn or charged yet.
-            raise Conflict(f"dataset '{meta.name}' was replaced while the query ran; run it "
-                           f"again")
-        # Noise is drawn BEFORE the charge and released only AFTER it commits (rule 4 is
-        # about release): the answer is stored in the charge's own transaction, one ledger
-        # commit per query instead of two. If the charge is refused, the noisy answer is
-        # dropped unseen. Anything that fails once noise was drawn is charged all the same
-        # before its error propagates: such an error may depend on noisy values, and an
-        # analyst must not learn about them for free (the refusal then is BudgetExhausted,
-        # whatever the noise).
+        return raw_rows, quantile_values
+
+    def _remember(self, charge_id: int, answer: bytes) -> None:
+        """Store a charged answer for free identical repeats. A failure here costs only the
+        cache (a repeat is charged again): the analyst paid for this answer and gets it."""
         try:
-            noisy = _noisy_table(plan, release_plan, raw_rows, quantile_values,
-                                 drawn.result() if drawn is not None else None)
-            rows, columns = self._postprocess(planned, release_plan, noisy)
-            result = DPResult(columns=columns, rows=rows, cost=release_plan.cost, cached=False,
-                              query_id=uuid.uuid4().hex, dataset=meta.name, sql=sql,
-                              rewritten_sql=plan.engine_sql, mechanism=meta.mechanism,
-                              key_release=plan.keys.mode)
-            answer = result.to_json_bytes()
-        except BaseException:
-            try:
-                self.accountant.charge(analyst, meta.name, release_plan.cost,
-                                       query_key=query_key, query_text=sql)
-            except BaseException as refused:
-                # The failure was not paid for: it must not ride along as this error's
-                # context (tracebacks and logs show it), since it may depend on the noise.
-                refused.__context__ = None
-                raise refused from None
-            raise
-        self.accountant.charge(analyst, meta.name, release_plan.cost, query_key=query_key,
-                               query_text=sql, answer=answer)
-        return result
+            self.accountant.record_answer(charge_id, answer)
+        except Exception:  # noqa: BLE001 - the answer itself is charged and releasable
+            _log.warning("could not cache the answer of privacy charge %s", charge_id,
+                         exc_info=True)
 
     def run_exact(self, sql: str, dataset: str, *, row_limit: int = EXACT_ROW_LIMIT) -> ExactResult:
         """An exact, un-noised answer. Only for requests a data owner approved."""
@@ -234,6 +269,7 @@ class Gateway:
 
     def close(self) -> None:
         self._noise_ahead.close()
+        self._charge_ahead.close()
         self.executor.close()
         if self._tmp is not None:
             self._tmp.cleanup()
@@ -328,6 +364,17 @@ class Gateway:
 
 def _arrow_column(table: pa.Table):
     return lambda name: table.column(name).to_numpy()
+
+
+def _refund_reason(failure: BaseException) -> str:
+    """The public reason a reservation is refunded with (kept in the ledger's history)."""
+    if isinstance(failure, QueryCanceled):
+        return "timeout" if "timeout" in failure.message else "cancelled"
+    if isinstance(failure, ExecutionFailed):
+        return "engine failed"
+    if isinstance(failure, Conflict):
+        return "dataset replaced"
+    return "failed before noise"
 
 
 def _query_key(entry: DatasetEntry, plan: DPPlan, epsilon: float) -> str:

@@ -120,7 +120,9 @@ def api_routes(state: Any, *, prefix: str = "/console/api",
             accountant = getattr(state.gateway, "accountant", None)
             if accountant is None:   # e.g. a federation router: each domain keeps its ledger
                 raise NotFound("this server keeps no privacy ledger; ask the domain's server")
-            charges = accountant.history(dataset=name)
+            # Refunded charges (the query failed before any noise) spend nothing.
+            charges = [c for c in accountant.history(dataset=name)
+                       if c.get("refunded_at") is None]
             granted = {g["user"] for g in users.grants(name) if g["permission"] == "query"}
             analysts = sorted(granted | {c["analyst"] for c in charges})
             service.record(caller, "spend_history", "ok", dataset=name,

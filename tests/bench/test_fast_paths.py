@@ -1,8 +1,9 @@
 """Contracts of the second round of performance changes:
 
-* one ledger read (cached answer or budget pre-check) and one write (charge + answer) per
-  query; noise drawn before the charge is never released unless the charge commits, and a
-  failure after noise was drawn is charged all the same;
+* one ledger read (cached answer or budget pre-check), one durable write (the charge) and
+  one unsynced write (the answer) per query; noise drawn before the charge is never
+  released unless the charge commits, and a failure after noise was drawn is charged all
+  the same;
 * quantile values grouped per cell with Arrow codes equal a plain groupby;
 * WHERE conjuncts that cannot fail stay bare (pushed into scans), the rest stays in TRY();
 * public keys filtered after aggregation still release exactly the public cells.
@@ -82,24 +83,33 @@ def test_charge_stores_the_answer_in_its_own_transaction(tmp_path):
         acct.record_answer(charge_id, b"again")                      # still once per charge
 
 
-def test_query_uses_one_write_and_never_record_answer(gw, monkeypatch):
+def test_query_uses_one_durable_charge_and_one_answer_write(gw, monkeypatch):
+    """The charge (begun before the engine, committed while it runs) is the only synced
+    write; the answer is stored after it in its own write (sqlgate/charge_ahead.py)."""
     calls = []
     ledger = gw.accountant.ledger
-    original = ledger.charge
+    originals = ledger.try_begin_charge, ledger.charge, ledger.record_answer
+
+    def begin(request, decide):
+        calls.append("begin")
+        return originals[0](request, decide)
 
     def charge(request, decide, answer=None):
-        calls.append(answer)
-        return original(request, decide, answer)
+        calls.append("charge")
+        return originals[1](request, decide, answer)
 
-    def record_answer(*args, **kwargs):
-        raise AssertionError("the answer must be stored with the charge")
+    def record_answer(charge_id, answer):
+        calls.append(("answer", charge_id))
+        return originals[2](charge_id, answer)
 
+    monkeypatch.setattr(ledger, "try_begin_charge", begin)
     monkeypatch.setattr(ledger, "charge", charge)
     monkeypatch.setattr(ledger, "record_answer", record_answer)
     first = gw.query(SQL, analyst="a", epsilon=BIG)
-    assert len(calls) == 1 and calls[0] is not None
+    [charge_id] = [h["id"] for h in gw.accountant.history("a", "shop")]
+    assert calls == ["begin", ("answer", charge_id)]   # the lock was free: begun inline
     again = gw.query(SQL, analyst="a", epsilon=BIG)
-    assert again.cached and again.rows == first.rows and len(calls) == 1
+    assert again.cached and again.rows == first.rows and len(calls) == 2
 
 
 def test_a_failure_after_noise_is_charged_and_nothing_is_released(gw, monkeypatch):

@@ -258,11 +258,18 @@ def test_a_query_makes_one_ledger_read_and_one_write_transaction(gw):
     upper = [s.strip().upper() for s in statements]
     assert upper.count("BEGIN IMMEDIATE") == 1 and upper.count("COMMIT") == 1
     assert not any(s == "BEGIN" for s in upper)          # no separate read transaction
-    # lookup (1) + BEGIN IMMEDIATE, read, charge, answer, COMMIT (5); was 15
-    assert len(statements) == 6, statements
+    # lookup (1); the charge, begun before the engine and committed on a worker while it
+    # runs: busy_timeout 0, BEGIN IMMEDIATE, busy_timeout back, read, insert, COMMIT (6);
+    # the answer after it, one unsynced statement: synchronous NORMAL, insert, synchronous
+    # FULL (3). Was 15, then 6 with the answer in the charge's transaction.
+    assert len(statements) == 10, statements
+    relaxed = upper.index("PRAGMA SYNCHRONOUS = NORMAL")
+    assert upper.index("COMMIT") < relaxed                  # the charge's commit: synced
+    assert upper[relaxed + 1].startswith("INSERT INTO ANSWERS")
+    assert upper[relaxed + 2] == "PRAGMA SYNCHRONOUS = FULL"
     again = gw.query("SELECT colour, COUNT(*) AS n FROM sales GROUP BY colour", analyst="a",
                      epsilon=1.0)
-    assert again.cached and len(statements) == 7           # a free repeat: one read
+    assert again.cached and len(statements) == 11          # a free repeat: one read
 
 
 def test_one_statement_state_matches_the_ledger_contents(tmp_path):

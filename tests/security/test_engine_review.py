@@ -18,7 +18,7 @@ import threading
 
 import pytest
 
-from accountant import SqliteLedger
+from accountant import PrivacyCost, SqliteLedger
 from accountant.ledger import ChargeRequest
 from sqlgate.errors import BudgetExhausted, Conflict
 from tests.security.sentinel import ErrorSurface, build_gateway
@@ -94,17 +94,27 @@ def test_refused_charge_after_noise_hides_the_failure():
         sql = "SELECT COUNT(*) FROM people"
         real_postprocess = gw._postprocess
 
-        def spend_then_fail(planned, release_plan, noisy):
-            # A concurrent query spends what is left, then post-processing fails on the
-            # noisy values: the charge of the failure is refused.
-            left = gw.budget("eve", "hr").remaining_epsilon
-            gw.accountant.charge("eve", "hr", type(release_plan.cost)("pure", left))
+        def fail(planned, release_plan, noisy):
             raise ValueError(f"noisy count was {noisy.column(0)[0].as_py()} NOISY-MARK")
 
-        gw._postprocess = spend_then_fail
-        with pytest.raises(BudgetExhausted) as caught:
-            gw.query(sql, analyst="eve", epsilon=0.5)
-        gw._postprocess = real_postprocess
+        # A concurrent query spends what is left after this query's pre-check, and the
+        # ledger's lock is busy when it reserves, so its whole charge runs on a worker while
+        # the engine runs (sqlgate/charge_ahead.py) and is refused there; meanwhile
+        # post-processing fails on the noisy values.
+        left = gw.budget("eve", "hr").remaining_epsilon
+        gw.accountant.charge("eve", "hr", PrivacyCost("pure", left))
+        real_lookup = gw.accountant.cached_or_check
+        real_begin = gw.accountant.ledger.try_begin_charge
+        gw.accountant.cached_or_check = lambda *a, **k: None
+        gw.accountant.ledger.try_begin_charge = lambda *a, **k: None
+        gw._postprocess = fail
+        try:
+            with pytest.raises(BudgetExhausted) as caught:
+                gw.query(sql, analyst="eve", epsilon=0.5)
+        finally:
+            gw._postprocess = real_postprocess
+            gw.accountant.cached_or_check = real_lookup
+            gw.accountant.ledger.try_begin_charge = real_begin
         assert caught.value.__context__ is None and caught.value.__cause__ is None
         for text in ErrorSurface.of(caught.value).texts:
             assert "NOISY-MARK" not in text, text[:300]
