@@ -192,7 +192,8 @@ class Gateway:
         # analyst must not learn about them for free (the refusal then is BudgetExhausted,
         # whatever the noise).
         try:
-            noisy = _noisy_table(plan, release_plan, raw_rows, quantile_values, drawn_noise)
+            noisy = _noisy_table(plan, release_plan, raw_rows, quantile_values, drawn_noise,
+                                 run_cells=self._noise_ahead.run_all)
             rows, columns = self._postprocess(planned, release_plan, noisy)
             result = DPResult(columns=columns, rows=rows, cost=release_plan.cost, cached=False,
                               query_id=uuid.uuid4().hex, dataset=meta.name, sql=sql,
@@ -385,9 +386,12 @@ def _query_key(entry: DatasetEntry, plan: DPPlan, epsilon: float) -> str:
 
 def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
                  quantile_values: pd.DataFrame | None = None,
-                 drawn: Mapping[str, list[int]] | None = None) -> pa.Table:
+                 drawn: Mapping[str, list[int]] | None = None,
+                 run_cells: noise.CellRunner | None = None) -> pa.Table:
     """Keys (public or thresholded) and noisy measures: everything post-processing sees.
     `drawn`: each measure's noise drawn ahead for the plan's known cells (noise_ahead.py).
+    `run_cells`: runs independent OpenDP releases side by side (many threshold keys, the
+    cells of a grouped quantile; release.py).
 
     Built as an Arrow table straight from the Python lists: post-processing binds Arrow
     directly, and a pandas frame in between cost ~2-3 ms per query."""
@@ -402,7 +406,7 @@ def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
         count_index = [m.name for m in measures].index(plan.keys.threshold_measure)
         raw_keys = list(by_key)
         counts = {str(i): by_key[k][count_index] for i, k in enumerate(raw_keys)}
-        kept = noise.threshold_keys(release_plan, counts)
+        kept = noise.threshold_keys(release_plan, counts, run_cells=run_cells)
         # Keep the order stable and independent of the data's row order.
         cells = [raw_keys[int(i)] for i in sorted(kept, key=int)]
         cells.sort(key=lambda key: tuple((v is None, str(v)) for v in key))
@@ -431,7 +435,8 @@ def _noisy_table(plan: DPPlan, release_plan, raw_rows: list[tuple],
                            for cell in cells]
             names.append(q.name)
             arrays.append(pa.array(noise.noisy_quantiles(q, release_plan.quantiles[q.name],
-                                                         cell_values), type=pa.float64()))
+                                                         cell_values, run_cells=run_cells),
+                                   type=pa.float64()))
     return pa.Table.from_arrays(arrays, names=names)
 
 

@@ -217,3 +217,22 @@ def test_many_threshold_keys_are_released_in_parts_with_the_same_distribution(gw
     assert release.threshold_keys(release_plan, {"a": far}, run_cells=runner) == \
         {"a": pytest.approx(far, abs=threshold)}
     assert len(parts) == 1
+
+
+def test_the_gateway_hands_quantile_cells_and_threshold_parts_to_the_pool(gw, monkeypatch):
+    from sqlgate.noise_ahead import NoiseAhead
+    batches = []
+    real = NoiseAhead.run_all
+
+    def spy(self, tasks):
+        batches.append(len(tasks))
+        return real(self, tasks)
+
+    monkeypatch.setattr(NoiseAhead, "run_all", spy)
+    result = gw.query("SELECT colour, MEDIAN(price) AS m FROM sales GROUP BY colour",
+                      analyst="q", epsilon=1.0)
+    assert batches == [3]  # one release per public cell
+    assert len(result.rows) == 3 and all(0 <= row[1] <= 100 for row in result.rows)
+    monkeypatch.setattr(release, "_THRESHOLD_CHUNK", 1)
+    gw.query("SELECT shop, COUNT(*) AS n FROM sales GROUP BY shop", analyst="t", epsilon=1.0)
+    assert batches == [3, 2]  # shops a and b, one part each
