@@ -29,6 +29,8 @@ from sqlgate.executor import DuckDBExecutor
 from sqlgate.metadata import (KEY_TYPES, DatasetMeta, StoredSum, TableMeta, dataset_to_dict,
                               enforced_key_columns, load_order, parse_dataset)
 from rewriter.truncation import ingest_truncation_sql
+from sqlgate.stored_rank import (planned_rank, ranks_from_json, ranks_to_json, with_rank_column,
+                                 with_stored_ranks)
 from sqlgate.stored_sums import (planned_sums, sums_from_json, sums_to_json, with_stored_sums,
                                  with_sum_columns)
 
@@ -60,8 +62,10 @@ class Catalog:
                 if unique is None:
                     continue
                 meta = _with_unique_columns(meta, unique)
-                meta = with_stored_sums(meta, sums_from_json(
-                    meta, saved.get("stored_sums"), self._stored_columns(meta)))
+                stored = self._stored_columns(meta)
+                meta = with_stored_sums(meta, sums_from_json(meta, saved.get("stored_sums"), stored))
+                meta = with_stored_ranks(meta, ranks_from_json(meta, saved.get("stored_ranks"),
+                                                               stored))
                 self._entries[meta.name.lower()] = DatasetEntry(meta, saved["version"])
 
     def _stored_columns(self, meta: DatasetMeta) -> dict[str, set[str]]:
@@ -136,8 +140,9 @@ class Catalog:
         """Load and publish a dataset. `unique_columns`: for data whose rows live in another
         engine (`sources` are then empty stand-ins), the distinct columns established on that
         engine; the stand-ins' content (vacuously distinct) is never consulted for them.
-        Rows stored here get their stored sums (sqlgate/stored_sums.py); stand-ins do not:
-        the engine that runs the queries has no such columns."""
+        Rows stored here get their stored sums (sqlgate/stored_sums.py) and stored
+        truncation ranks (sqlgate/stored_rank.py); stand-ins do not: the engine that runs
+        the queries has no such columns."""
         sources = dict(sources or {})
         unknown = set(sources) - set(meta.tables)
         if unknown:
@@ -158,15 +163,16 @@ class Catalog:
                     for old in previous.meta.tables.values():
                         conn.execute(f'DROP TABLE IF EXISTS "{meta.name}"."{old.name}"')
                 keys = enforced_key_columns(meta)
+                stored_here = unique_columns is None
                 sums = {t.name: planned_sums(t) for t in meta.tables.values()} \
-                    if unique_columns is None else {}
+                    if stored_here else {}
                 # Parents first: a unit_via table is truncated against its stored parent.
                 for table in load_order(meta):
                     source = sources.get(table.name, table.source)
                     parent = meta.tables[table.unit_via.table] if table.unit_via else None
                     _load_table(conn, meta.name, table, source,
                                 keys=keys.get(table.name, frozenset()), parent=parent,
-                                sums=sums.get(table.name, {}))
+                                sums=sums.get(table.name, {}), rank=stored_here)
                 if unique_columns is not None:
                     unique = dict(unique_columns)
                 else:
@@ -175,6 +181,9 @@ class Catalog:
                     # Proved distinct by _load_table (or the load failed above).
                     unique.update(keys)
                 meta = with_stored_sums(_with_unique_columns(meta, unique), sums)
+                if stored_here:
+                    ranks = {t.name: planned_rank(t) for t in meta.tables.values()}
+                    meta = with_stored_ranks(meta, {n: r for n, r in ranks.items() if r})
                 if previous is not None:
                     # Retire the old version BEFORE the new data becomes visible: a query
                     # planned against the old metadata that reads the new tables then finds
@@ -197,17 +206,18 @@ class Catalog:
             self._entries[key] = entry
             return entry
 
-    def forget_stored_sums(self) -> None:
-        """Plan every dataset on the per-row sum expressions from now on: queries are about
-        to run on another engine (`sqlgate.backends.use_executor`), which holds no stored-sum
-        columns. In memory only (the saved catalog keeps the facts of this engine's tables).
-        Each such dataset gets a version derived from its own, so no plan cached with the
-        stored columns is used again, and answers stay keyed alike across restarts."""
+    def forget_stored_columns(self) -> None:
+        """Plan every dataset on the per-row sum expressions and per-query truncation
+        ranking from now on: queries are about to run on another engine
+        (`sqlgate.backends.use_executor`), which holds no stored-sum or rank columns. In
+        memory only (the saved catalog keeps the facts of this engine's tables). Each such
+        dataset gets a version derived from its own, so no plan cached with the stored
+        columns is used again, and answers stay keyed alike across restarts."""
         with self._lock:
             for key, entry in list(self._entries.items()):
-                if any(t.stored_sums for t in entry.meta.tables.values()):
-                    self._entries[key] = DatasetEntry(with_stored_sums(entry.meta, {}),
-                                                      f"{entry.version}-computed-sums")
+                if any(t.stored_sums or t.stored_rank for t in entry.meta.tables.values()):
+                    meta = with_stored_ranks(with_stored_sums(entry.meta, {}), {})
+                    self._entries[key] = DatasetEntry(meta, f"{entry.version}-computed-sums")
 
     def drop(self, name: str) -> None:
         with self._lock:
@@ -227,7 +237,8 @@ class Catalog:
         body = {"metadata": dataset_to_dict(entry.meta), "version": entry.version,
                 "unique_columns": {t.name: sorted(t.unique_columns)
                                    for t in entry.meta.tables.values() if t.unique_columns},
-                "stored_sums": sums_to_json(entry.meta)}
+                "stored_sums": sums_to_json(entry.meta),
+                "stored_ranks": ranks_to_json(entry.meta)}
         path = self._dir / f"{entry.meta.name.lower()}.json"
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body, indent=2, default=str))
@@ -259,10 +270,11 @@ def resolve_in(datasets: Mapping[str, DatasetMeta], node: exp.Table
 
 def _load_table(conn, schema: str, table: TableMeta, source: Any, *,
                 keys: frozenset[str] = frozenset(), parent: TableMeta | None = None,
-                sums: Mapping[str, StoredSum] | None = None) -> None:
+                sums: Mapping[str, StoredSum] | None = None, rank: bool = False) -> None:
     """Stage, check and store one table. `keys`: columns that must hold distinct non-NULL
     values (a child truncates through them); `parent`: the unit_via parent, already stored;
-    `sums`: hidden stored-sum columns to add, computed over the rows kept."""
+    `sums`: hidden stored-sum columns to add, computed over the rows kept; `rank`: store the
+    query-time truncation rank too, if the table is truncated at query time."""
     reader = _open_source(source, table)
     names = {n.lower(): n for n in reader.schema.names}
     missing = [c for c in table.columns if c not in names]
@@ -299,7 +311,11 @@ def _load_table(conn, schema: str, table: TableMeta, source: Any, *,
             kept = ingest_truncation_sql(table, f'"{staging}"', parent, stored_parent)
         else:
             kept = f'SELECT {select} FROM "{staging}"'
-        conn.execute(f'CREATE TABLE {target} AS ' + with_sum_columns(kept, sums or {}))
+        stored = with_sum_columns(kept, sums or {})
+        if rank:
+            # Over the rows stored (after any ingest truncation), which queries then read.
+            stored = with_rank_column(stored, table)
+        conn.execute(f'CREATE TABLE {target} AS ' + stored)
     finally:
         conn.execute(f'DROP TABLE IF EXISTS "{staging}"')
 

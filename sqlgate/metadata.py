@@ -115,6 +115,11 @@ class TableMeta:
     """Private bounded numeric columns (by name) whose fixed-point sum value the DuckDB
     catalog stored per row in a hidden BIGINT column (`stored_sum_column`), with the
     encoding used. Set by the loader only, never from YAML; absent on other engines."""
+    stored_rank: str | None = None
+    """The hidden column in which the DuckDB catalog stored each row's position within its
+    unit by the query-time truncation rule (rewriter/truncation.py `stored_rank_column`,
+    sqlgate/stored_rank.py), for tables truncated at query time. Set by the loader only,
+    never from YAML; absent on other engines and in federated plans."""
 
     def column(self, name: str) -> ColumnMeta | None:
         return self.columns.get(name.lower())

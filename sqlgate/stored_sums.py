@@ -116,12 +116,13 @@ def with_stored_sums(meta: DatasetMeta, sums: Mapping[str, Mapping[str, StoredSu
 
 
 def without_stored_sums(resolve_table: Callable[[exp.Table], tuple[DatasetMeta, TableMeta]]):
-    """`resolve_table` whose tables carry no stored sums: the plan every engine can run, and
-    every federation peer makes alike from the shared metadata (a domain's bounded SQL is
-    part of the federated plan's fingerprint, server/router/protocol.py)."""
+    """`resolve_table` whose tables carry none of the catalog's hidden columns (stored sums,
+    and the stored truncation rank of sqlgate/stored_rank.py): the plan every engine can
+    run, and every federation peer makes alike from the shared metadata (a domain's bounded
+    SQL is part of the federated plan's fingerprint, server/router/protocol.py)."""
     def resolve(node: exp.Table) -> tuple[DatasetMeta, TableMeta]:
         dataset, table = resolve_table(node)
-        return dataset, replace(table, stored_sums={})
+        return dataset, replace(table, stored_sums={}, stored_rank=None)
     return resolve
 
 

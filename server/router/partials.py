@@ -26,8 +26,9 @@ class ChargedPartial:
 
 
 def federated_plan(gateway, sql: str, epsilon: float | None, federation: Federation) -> FederatedPlan:
-    # Planned as the router plans it, from the shared metadata: without the sums this
-    # domain's catalog stored (their bounded SQL differs, so would the fingerprint).
+    # Planned as the router plans it, from the shared metadata: without the sums and
+    # truncation ranks this domain's catalog stored (their bounded SQL differs, so would
+    # the fingerprint).
     return plan_federated(sql, without_stored_sums(gateway.catalog.resolve_table),
                           gateway.dataset, epsilon, federation)
 

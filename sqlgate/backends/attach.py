@@ -25,7 +25,7 @@ def use_executor(gateway, executor):
     translates it). Returns the previous executor, which the caller may close."""
     previous = gateway.executor
     if not isinstance(executor, DuckDBExecutor):
-        gateway.catalog.forget_stored_sums()  # that engine has no stored-sum columns
+        gateway.catalog.forget_stored_columns()  # that engine has no stored sums or ranks
     gateway.executor = executor
     return previous
 

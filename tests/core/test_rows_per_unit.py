@@ -13,7 +13,7 @@ import pytest
 from sqlglot import exp
 
 from rewriter import plan_query
-from rewriter.truncation import truncated_read
+from rewriter.truncation import stored_rank_column, truncated_read
 from sqlgate.catalog import resolve_in
 from sqlgate.errors import MetadataError
 from sqlgate.gateway import Gateway
@@ -236,7 +236,9 @@ def test_explain_shows_the_bound_and_spends_nothing(tmp_path):
     with Gateway(tmp_path / "h") as gw:
         gw.add_dataset(_meta(), {"people": _frame()})
         ex = gw.explain("SELECT region, COUNT(*) FROM people GROUP BY region", analyst="a")
-        assert f"ROW_NUMBER() OVER (PARTITION BY \"pid\"" in ex.rewritten_sql
+        # The catalog stored the truncation rank: the read is a filter on it.
+        assert f'"{stored_rank_column(gw.dataset("town").table("people"))}" <= {K}' \
+            in ex.rewritten_sql
         assert f"<= {K}" in ex.rewritten_sql and "per_unit" not in ex.rewritten_sql
         assert any(f"at most {K} rows of people" in n for n in ex.notes)
         assert any("bounded at query time" in n for n in ex.notes)
@@ -357,7 +359,8 @@ def test_joins_stay_within_their_sensitivity(shops, sql, direct):
         plan, vector = _exact(shops, scoped, scope=[name])
         vectors.append(vector)
         assert plan.direct_path is direct
-        assert plan.bounded_sql.count("ROW_NUMBER() OVER (PARTITION BY \"cust\"") == 1
+        orders = shops.dataset(name).table("orders")
+        assert plan.bounded_sql.count(f'"{stored_rank_column(orders)}" <= 4') == 1
     for index, measure in enumerate(plan.measures):
         diffs = [abs((vectors[1].get(c) or (0,) * 9)[index] - (vectors[0].get(c) or (0,) * 9)[index])
                  for c in set(vectors[0]) | set(vectors[1])]

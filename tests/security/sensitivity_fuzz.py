@@ -382,9 +382,10 @@ def _released_cells(plan: DPPlan, before: dict, after: dict) -> list[tuple]:
 
 
 def check_stored_sums(nb: Neighbours, sql: str) -> bool:
-    """The bounded SQL summing the catalog's stored columns (sqlgate/stored_sums.py) gives
-    the very engine rows of the same plan computing the per-row expression instead, on the
-    dataset with the adversary. True when the plan read a stored column."""
+    """The bounded SQL summing the catalog's stored columns (sqlgate/stored_sums.py) and
+    truncating through its stored rank (sqlgate/stored_rank.py) gives the very engine rows
+    of the same plan computing the per-row expression and ranking per query instead, on
+    the dataset with the adversary. True when the plan read a stored column."""
     visible = frozenset({"n1"})
     try:
         stored = nb.plan("n1", sql)
