@@ -29,19 +29,30 @@ def time_interleaved(runners: dict[str, Callable[[int], Any]], runs: int, warmup
                      ) -> dict[str, tuple[Timing, list[Any]]]:
     """Call every runner `warmup` times untimed, then `runs` times timed, alternating the
     systems run by run, so a slow spell of the machine (other jobs) hits all of them alike
-    and their ratios stay meaningful. Returns {name: (timing, results)}."""
+    and their ratios stay meaningful. Returns {name: (timing, results)}.
+
+    The order rotates from run to run (`rotated_order`), so no system always runs right
+    after the same other one (a run right after another process's work is slower)."""
     for i in range(warmup):
         for run in runners.values():
             run(-1 - i)
     times: dict[str, list[float]] = {name: [] for name in runners}
     results: dict[str, list[Any]] = {name: [] for name in runners}
     for i in range(runs):
-        for name, run in runners.items():
+        for name in rotated_order(list(runners), i):
+            run = runners[name]
             start = time.perf_counter()
             results[name].append(run(i))
             times[name].append((time.perf_counter() - start) * 1000.0)
     return {name: (Timing(statistics.median(times[name]), tuple(round(t, 3) for t in times[name])),
                    results[name]) for name in runners}
+
+
+def rotated_order(names: list[str], run: int) -> list[str]:
+    """`names` starting at position run mod len(names): over len(names) runs every system
+    takes every position once."""
+    shift = run % len(names) if names else 0
+    return names[shift:] + names[:shift]
 
 
 def _key(value: Any) -> str:
