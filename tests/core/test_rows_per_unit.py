@@ -276,9 +276,15 @@ def test_quantiles_and_threshold_keys_use_k():
     median = _plan("SELECT MEDIAN(age) FROM people", meta)
     assert median.direct_path and median.quantiles[0].rows_per_unit == K
     assert "ROW_NUMBER() OVER (PARTITION BY \"pid\"" in median.quantile_sql
+    # Laplace: the row count itself decides the keys (l0 = linf = k), no units count added
     threshold = _plan("SELECT city, COUNT(*) FROM people GROUP BY city", meta)
     assert threshold.direct_path and threshold.keys.mode == "threshold"
-    units = threshold.measure(threshold.keys.threshold_measure)
+    count = threshold.measure(threshold.keys.threshold_measure)
+    assert [m.kind for m in threshold.measures] == ["count"]
+    assert count.sensitivity.l0 == K and count.sensitivity.linf == K
+    # no count in the query: a units count is added (l0 = k, linf = 1)
+    summed = _plan("SELECT city, SUM(age) FROM people GROUP BY city", meta)
+    units = summed.measure(summed.keys.threshold_measure)
     assert units.kind == "units" and units.sensitivity.l0 == K and units.sensitivity.linf == 1
     distinct = _plan("SELECT COUNT(DISTINCT pid) FROM people", meta)
     assert distinct.direct_path and distinct.measures[0].sensitivity.l1 == 1
@@ -379,3 +385,23 @@ def test_fk_path_lines_of_dropped_orders_are_dropped_too(shops):
                               "ON lines.okey = orders.okey WHERE cust = 1 GROUP BY flag",
                        scope=["s1"])
     assert vector[("A",)] == (15,)                    # 3 orders x 5 lines, nothing dropped
+
+
+def test_a_row_count_releases_keys_with_a_lower_threshold_than_an_added_units_count():
+    """Laplace, direct path: COUNT(*) alone decides the keys (its scale k/eps), where an added
+    units count would split the budget (each 2k/eps) for a threshold about twice as high.
+    Gaussian calibrates on L2, where the units count (sqrt(k)) stays the better choice."""
+    from sqlgate import release
+    sql = "SELECT city, COUNT(*) FROM people GROUP BY city"
+    meta = _meta(max_rows_per_group=K)
+    plan = _plan(sql, meta)
+    release_plan = release.calibrate(plan, epsilon=1.0, delta=1e-6, mechanism="laplace",
+                                     rho_for_epsilon=None)
+    assert release_plan.noise[plan.measures[0].name].scale == pytest.approx(K)
+    units_alternative = release._search_threshold("laplace", (K, K, 1), 2.0 * K, 1e-6)
+    assert release_plan.threshold.threshold < 0.7 * units_alternative.threshold
+    assert release_plan.threshold.delta <= 1e-6
+    gaussian = dataset_to_dict(meta)
+    gaussian["query"]["mechanism"] = "gaussian"
+    plan = _plan(sql, parse_dataset(gaussian))
+    assert plan.measure(plan.keys.threshold_measure).kind == "units"
