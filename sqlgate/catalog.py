@@ -165,7 +165,7 @@ class Catalog:
                 keys = enforced_key_columns(meta)
                 stored_here = unique_columns is None
                 sums = {t.name: planned_sums(t) for t in meta.tables.values()} \
-                    if stored_here else {}
+                    if stored_here and meta.stored_sums else {}
                 # Parents first: a unit_via table is truncated against its stored parent.
                 for table in load_order(meta):
                     source = sources.get(table.name, table.source)

@@ -464,3 +464,38 @@ def test_listings_and_mocks_come_from_metadata(loaded):
             assert {r[0] for r in answer.rows} == set(meta.tables["t"].columns), sql
     finally:
         catalog.close()
+
+
+# ---------------------------------------------------------------- owner's opt-out
+
+
+def test_stored_sums_false_stores_none_and_answers_alike(loaded, tmp_path):
+    """`stored_sums: false` (dataset level): no hidden sum columns, the planner clamps per row,
+    and the engine rows are those of the stored columns. It survives a restart."""
+    doc = dict(METADATA, stored_sums=False)
+    meta = parse_dataset(doc)
+    assert not meta.stored_sums and parse_dataset(dataset_to_dict(meta)).stored_sums is False
+    assert "stored_sums" not in dataset_to_dict(parse_dataset(METADATA))
+    home = tmp_path / "home"
+    with Gateway(home) as gw:
+        gw.add_dataset(meta, _frames())
+        assert all(not t.stored_sums for t in gw.dataset("fx").tables.values())
+        stored = {c for (c,) in gw.executor.connection.execute(
+            "SELECT column_name FROM information_schema.columns WHERE table_schema = 'fx'"
+        ).fetchall()}
+        assert not any(c.startswith("__fx$") for c in stored)
+        for sql in QUERIES:
+            plan, _ = gw._plan(sql)
+            assert not _summed_from_storage(plan.bounded_sql)
+            assert _engine_rows(gw, plan.bounded_sql) == \
+                _engine_rows(loaded, loaded._plan(sql)[0].bounded_sql)
+    with Gateway(home) as gw:
+        assert gw.dataset("fx").stored_sums is False
+        assert all(not t.stored_sums for t in gw.dataset("fx").tables.values())
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_stored_sums_is_a_boolean(value):
+    with pytest.raises(SqlgateError) as err:
+        parse_dataset(dict(METADATA, stored_sums=value))
+    assert err.value.field == "stored_sums"
