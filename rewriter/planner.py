@@ -566,15 +566,16 @@ def _has_threshold_measure(needed: list[BaseMeasure], scope: QueryScope, direct:
       count gets scale k*n/eps where the two would get k*(n+1)/eps each. The threshold
       follows the scale (plus linf = k, small beside it): TPC-H q08, k = 40, eps 1,
       delta 1e-6: threshold 712 and noise scale 40, against 1346 and 80 with a units count.
-      Gaussian noise calibrates on L2, where a units count (sqrt(l0)) beats the row count
-      (k), so it keeps the units count. All of this is metadata, never data."""
+      Gaussian noise calibrates on L2, where a units count (sqrt(k)) beats the row count
+      (k), so it keeps the units count unless k = 1 (one row per unit: the two counts are
+      the same count). All of this is metadata, never data."""
     if any(b.kind == "units" for b in needed):
         return True
     if not any(b.kind == "count" for b in needed):
         return False
     if not direct:
         return scope.max_rows_per_group == 1
-    return scope.dataset.mechanism == "laplace"
+    return scope.dataset.mechanism == "laplace" or scope.truncate_rows_per_unit == 1
 
 
 def _count_measure_name(measures: tuple[Measure, ...]) -> str:

@@ -211,3 +211,20 @@ def test_the_key_is_proved_again_when_a_saved_catalog_is_read_back(tmp_path, cap
     message = " ".join(record.getMessage() for record in caplog.records)
     assert "'shop' is not served" in message and "cid" in message
     assert not any(ch.isdigit() for ch in message)
+
+
+def test_one_row_per_unit_releases_keys_by_the_row_count_under_either_mechanism():
+    """With one row per unit a count of units is the row count: no second measure (which
+    would split the budget), whatever the mechanism."""
+    from rewriter import plan_query
+    from sqlgate.catalog import resolve_in
+    sql = "SELECT city, COUNT(*) AS n FROM people GROUP BY city"
+    for mechanism in ("laplace", "gaussian"):
+        doc = dataset_to_dict(_unique())
+        doc["query"]["mechanism"] = mechanism
+        meta = parse_dataset(doc)
+        plan = plan_query(sql, lambda node: resolve_in({meta.name: meta}, node))
+        assert plan.direct_path and plan.keys.mode == "threshold"
+        assert [m.kind for m in plan.measures] == ["count"], mechanism
+        count = plan.measure(plan.keys.threshold_measure)
+        assert (count.sensitivity.l0, count.sensitivity.linf) == (1, 1)
