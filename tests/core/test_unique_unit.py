@@ -228,3 +228,14 @@ def test_one_row_per_unit_releases_keys_by_the_row_count_under_either_mechanism(
         assert [m.kind for m in plan.measures] == ["count"], mechanism
         count = plan.measure(plan.keys.threshold_measure)
         assert (count.sensitivity.l0, count.sensitivity.linf) == (1, 1)
+
+
+def test_rows_in_another_engine_must_prove_the_unit_unique_there(tmp_path):
+    """The declaration is never taken on trust: without the engine that holds the rows there
+    is nothing to prove it on, and the dataset is refused."""
+    from sqlgate.backends import add_external_dataset
+    with Gateway(tmp_path / "h") as gw:
+        with pytest.raises(DataLoadError) as err:
+            add_external_dataset(gw, _unique())
+        assert "pid" in str(err.value) and "engine" in str(err.value)
+        assert gw.datasets() == []
