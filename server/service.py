@@ -159,6 +159,16 @@ class GatewayService:
 
             def __exit__(self, exc_type, exc, tb):
                 decision, code = decision_for(exc)
+                charge = getattr(exc, "sqlgate_charge", None) if exc is not None else None
+                if isinstance(charge, dict):
+                    # A failed query's cost, as the ledger has it (charged after noise,
+                    # refunded before it): the audit of spending then matches the ledger.
+                    self.fields.setdefault("dataset", charge["dataset"])
+                    self.fields["epsilon"] = charge["epsilon"]
+                    self.fields["delta"] = charge["delta"]
+                    details = dict(self.fields.get("details") or {})
+                    details.update({k: charge[k] for k in ("charge", "reason") if k in charge})
+                    self.fields["details"] = details
                 service.audit.append(AuditEvent(
                     channel=caller.channel, action=action, decision=decision, actor=caller.name,
                     role=caller.user.role, source=caller.source, query=sql

@@ -54,23 +54,26 @@ class Reservation:
         the ledger's error: then nothing was charged and nothing may be released."""
         return self._future.result()
 
-    def refund(self, reason: str) -> None:
+    def refund(self, reason: str) -> str:
         """Take the charge back: the query failed before noise touched data. If the
         reservation was refused for budget, raises that BudgetExhausted (the caller's own
         failure is then not reported). Any other reservation failure charged nothing, so
         there is nothing to refund and the caller raises its own error. A refund that fails
-        leaves the charge standing (conservative) and is logged."""
+        leaves the charge standing (conservative) and is logged. Returns what became of the
+        charge: "refunded", "not charged" or "kept" (the refund failed)."""
         try:
             charge_id = self._future.result()
         except BudgetExhausted:
             raise
         except Exception:  # noqa: BLE001 - nothing was charged: nothing to take back
-            return
+            return "not charged"
         try:
             self._accountant.refund(charge_id, reason)
         except Exception:  # noqa: BLE001 - over-charging is the safe failure
             _log.warning("could not refund privacy charge %s (%s); it stays charged",
                          charge_id, reason, exc_info=True)
+            return "kept"
+        return "refunded"
 
 
 class ChargeAhead:

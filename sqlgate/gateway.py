@@ -183,7 +183,9 @@ class Gateway:
         except BaseException as exc:
             failure = exc
         if failure is not None:
-            reservation.refund(_refund_reason(failure))  # raises a budget refusal, if any
+            reason = _refund_reason(failure)
+            outcome = reservation.refund(reason)  # raises a budget refusal, if any
+            _mark_charge(failure, meta.name, outcome, release_plan.cost, reason)
             raise failure
         # Noise is applied to data from here on, and released only AFTER the charge is
         # durable (rule 4 is about release). If the charge was refused, the noisy answer is
@@ -206,6 +208,7 @@ class Gateway:
             # Outside the except: the refusal must not carry the noise-dependent failure
             # as its context (tracebacks and logs show it).
             reservation.charge_id()
+            _mark_charge(failure, meta.name, "charged", release_plan.cost)
             raise failure
         charge_id = reservation.charge_id()
         self._remember(charge_id, answer)
@@ -365,6 +368,24 @@ class Gateway:
 
 def _arrow_column(table: pa.Table):
     return lambda name: table.column(name).to_numpy()
+
+
+def _mark_charge(failure: BaseException, dataset: str, outcome: str, cost,
+                 reason: str | None = None) -> None:
+    """Tell the caller's audit what a failed query cost (`failure.sqlgate_charge`): the
+    owner's audit log then agrees with the ledger. Never part of the analyst's error body.
+    outcome: "charged" (failed after noise), "refunded", "kept" (the refund failed) or
+    "not charged"."""
+    charged = outcome in ("charged", "kept")
+    record = {"dataset": dataset, "charge": outcome,
+              "epsilon": cost.epsilon if charged else 0.0,
+              "delta": cost.delta if charged else 0.0}
+    if reason is not None:
+        record["reason"] = reason
+    try:
+        failure.sqlgate_charge = record
+    except AttributeError:  # an exception type without a __dict__: the audit goes without
+        pass
 
 
 def _refund_reason(failure: BaseException) -> str:

@@ -345,3 +345,37 @@ def test_a_crash_between_reserve_and_refund_leaves_the_charge(tmp_path):
         [charge] = gw.accountant.history("crash", "town")
         assert charge["refunded_at"] is None
         assert gw.budget("crash", "town").queries == 1
+
+
+# ---------------------------------------------------------------- what a failure cost
+
+
+def test_a_failure_tells_the_audit_what_it_cost_never_the_analyst(gateway, monkeypatch):
+    _engine_raising(gateway, monkeypatch, ExecutionFailed())
+    with pytest.raises(ExecutionFailed) as refunded:
+        gateway.query(SQL, analyst="a", epsilon=1.0)
+    assert refunded.value.sqlgate_charge == {"dataset": "town", "charge": "refunded",
+                                             "epsilon": 0.0, "delta": 0.0,
+                                             "reason": "engine failed"}
+    assert "charge" not in refunded.value.to_dict().get("details", {})
+    monkeypatch.undo()
+
+    def boom(*args, **kwargs):
+        raise UnsupportedQuery("the query's result expressions could not be computed")
+
+    monkeypatch.setattr(gateway, "_postprocess", boom)
+    with pytest.raises(UnsupportedQuery) as charged:
+        gateway.query(SQL, analyst="b", epsilon=1.0)
+    assert charged.value.sqlgate_charge["charge"] == "charged"
+    assert charged.value.sqlgate_charge["epsilon"] == pytest.approx(1.0)
+    monkeypatch.undo()
+
+    def broken(*args, **kwargs):
+        raise OSError("ledger unavailable")
+
+    monkeypatch.setattr(gateway.accountant, "refund", broken)
+    _engine_raising(gateway, monkeypatch, ExecutionFailed())
+    with pytest.raises(ExecutionFailed) as kept:
+        gateway.query(SQL, analyst="c", epsilon=1.0)
+    assert kept.value.sqlgate_charge["charge"] == "kept"
+    assert kept.value.sqlgate_charge["epsilon"] == pytest.approx(1.0)

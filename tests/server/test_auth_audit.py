@@ -180,3 +180,37 @@ def test_service_limits_concurrency_per_user(tmp_path):
             service.query(ann, "SELECT COUNT(*) FROM t")
     assert service.query(ann, "SELECT COUNT(*) FROM t").rows
     gw.close()
+
+
+def test_failed_queries_are_audited_with_what_they_cost(tmp_path, monkeypatch):
+    """Refunded before noise: audited at epsilon 0 with the refund's reason. Failed after
+    noise: audited at the epsilon the ledger charged. The audit agrees with the ledger."""
+    from server.service import Caller
+    from sqlgate.errors import ExecutionFailed, UnsupportedQuery
+
+    gw, service = _service(tmp_path)
+    ann = Caller(service.users.user("ann"), "http", "127.0.0.1")
+
+    def engine_fails(sql, **kwargs):
+        raise ExecutionFailed()
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gw.executor, "run", engine_fails)
+        with pytest.raises(ExecutionFailed):
+            service.query(ann, "SELECT COUNT(*) FROM hospital.t", epsilon=1.0)
+
+    def post_fails(*args, **kwargs):
+        raise UnsupportedQuery("the query's result expressions could not be computed")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gw, "_postprocess", post_fails)
+        with pytest.raises(UnsupportedQuery):
+            service.query(ann, "SELECT COUNT(*) FROM hospital.t", epsilon=0.5)
+    refunded, charged = service.audit.records(actor="ann")
+    assert refunded["decision"] == "error" and refunded["code"] == "execution_failed"
+    assert refunded["dataset"] == "hospital" and refunded["epsilon"] == 0.0
+    assert refunded["details"] == {"charge": "refunded", "reason": "engine failed"}
+    assert charged["epsilon"] == 0.5 and charged["details"] == {"charge": "charged"}
+    assert gw.budget("ann", "hospital").spent_epsilon == pytest.approx(0.5)
+    assert service.audit.verify().ok
+    gw.close()
