@@ -38,6 +38,23 @@ from sqlgate.metadata import Budget
 
 _SCHEMA_LOCK = 0x5351_4C67_6174_6501  # any constant: serialises concurrent schema creation
 
+def _append_only(table: str, what: str) -> list[str]:
+    """A trigger function and a trigger (created once) refusing UPDATE and DELETE on
+    `table`: ledger rows are only ever added."""
+    return [
+        f"""CREATE OR REPLACE FUNCTION sqlgate_{table}_append_only() RETURNS trigger
+        LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION '{what} are append-only'; END $$""",
+        f"""DO $$ BEGIN
+        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '{table}_append_only'
+                       AND tgrelid = '{table}'::regclass) THEN
+            CREATE TRIGGER {table}_append_only BEFORE UPDATE OR DELETE ON {table}
+            FOR EACH ROW EXECUTE FUNCTION sqlgate_{table}_append_only();
+        END IF;
+    END $$""",
+    ]
+
+
 _SCHEMA = [
     """CREATE TABLE IF NOT EXISTS budgets (
         analyst TEXT NOT NULL,
@@ -74,26 +91,8 @@ _SCHEMA = [
         refunded_at TIMESTAMPTZ NOT NULL DEFAULT now())""",
     # Charge before release (privacy rule 4): the charge log is append-only. A refund is a
     # row of its own (made only before anything was released), append-only too.
-    """CREATE OR REPLACE FUNCTION sqlgate_charges_append_only() RETURNS trigger
-        LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'privacy charges are append-only'; END $$""",
-    """DO $$ BEGIN
-        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'charges_append_only'
-                       AND tgrelid = 'charges'::regclass) THEN
-            CREATE TRIGGER charges_append_only BEFORE UPDATE OR DELETE ON charges
-            FOR EACH ROW EXECUTE FUNCTION sqlgate_charges_append_only();
-        END IF;
-    END $$""",
-    """CREATE OR REPLACE FUNCTION sqlgate_refunds_append_only() RETURNS trigger
-        LANGUAGE plpgsql AS $$
-        BEGIN RAISE EXCEPTION 'privacy refunds are append-only'; END $$""",
-    """DO $$ BEGIN
-        IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = 'refunds_append_only'
-                       AND tgrelid = 'refunds'::regclass) THEN
-            CREATE TRIGGER refunds_append_only BEFORE UPDATE OR DELETE ON refunds
-            FOR EACH ROW EXECUTE FUNCTION sqlgate_refunds_append_only();
-        END IF;
-    END $$""",
+    *_append_only("charges", "privacy charges"),
+    *_append_only("refunds", "privacy refunds"),
 ]
 
 

@@ -286,16 +286,8 @@ class SqliteLedger(Ledger):
             with self._write(conn):
                 # Read under the write lock (BEGIN IMMEDIATE): the re-check sees every
                 # committed charge, and none can commit before ours.
-                _, override, spent = self._state(conn, request.analyst, request.dataset)
                 now = _now()
-                decide(override, spent)
-                cursor = conn.execute(
-                    "INSERT INTO charges (analyst, dataset, measure, epsilon, delta, rho, "
-                    "query_key, query_text, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (request.analyst, request.dataset, request.measure, float(request.epsilon),
-                     float(request.delta), float(request.rho), request.query_key,
-                     request.query_text, now))
-                charge_id = cursor.lastrowid
+                charge_id = self._checked_insert(conn, request, decide, now)
                 if answer is not None:
                     # Same transaction as the charge: one commit (one WAL fsync) per query.
                     self._insert_answer(conn, charge_id, request.analyst, request.dataset,
@@ -307,21 +299,28 @@ class SqliteLedger(Ledger):
             if not self._begin_without_waiting(conn):
                 return None  # another writer holds the lock: the whole charge goes later
             try:
-                _, override, spent = self._state(conn, request.analyst, request.dataset)
-                decide(override, spent)
-                cursor = conn.execute(
-                    "INSERT INTO charges (analyst, dataset, measure, epsilon, delta, rho, "
-                    "query_key, query_text, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (request.analyst, request.dataset, request.measure, float(request.epsilon),
-                     float(request.delta), float(request.rho), request.query_key,
-                     request.query_text, _now()))
+                charge_id = self._checked_insert(conn, request, decide, _now())
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            pending = _PendingCommit(conn, int(cursor.lastrowid))
+            pending = _PendingCommit(conn, charge_id)
             self._local.pending = pending
             return pending
+
+    def _checked_insert(self, conn: sqlite3.Connection, request: ChargeRequest,
+                        decide: Decide, now: str) -> int:
+        """Inside a write transaction: re-check the budget (`decide` raises to refuse) and
+        insert the charge; its id."""
+        _, override, spent = self._state(conn, request.analyst, request.dataset)
+        decide(override, spent)
+        cursor = conn.execute(
+            "INSERT INTO charges (analyst, dataset, measure, epsilon, delta, rho, "
+            "query_key, query_text, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (request.analyst, request.dataset, request.measure, float(request.epsilon),
+             float(request.delta), float(request.rho), request.query_key,
+             request.query_text, now))
+        return int(cursor.lastrowid)
 
     def _begin_without_waiting(self, conn: sqlite3.Connection) -> bool:
         """BEGIN IMMEDIATE if the write lock is free now; False (nothing begun) if not."""
