@@ -293,7 +293,12 @@ def test_a_replace_during_a_query_refuses_it_before_noise_or_charge(gateway, mon
     with pytest.raises(Conflict) as err:
         gateway.query("SELECT COUNT(*) FROM people", analyst="racer", epsilon=1.0)
     assert "replaced while the query ran" in err.value.message
-    assert gateway.budget("racer", "town").queries == 0
+    status = gateway.budget("racer", "town")
+    assert status.queries == 0 and status.spent_epsilon == 0
+    # The reservation made while the engine ran is refunded, and no answer is kept.
+    [charge] = gateway.accountant.history("racer", "town")
+    assert charge["refund_reason"] == "dataset replaced" and charge["refunded_at"]
+    assert gateway.accountant.cached_answer("racer", "town", charge["query_key"]) is None
     monkeypatch.setattr(gateway.executor, "run", original)
     assert gateway.query("SELECT COUNT(*) FROM people", analyst="racer", epsilon=1.0).rows
     assert gateway.budget("racer", "town").queries == 1

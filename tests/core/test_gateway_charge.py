@@ -1,8 +1,9 @@
 """Gateway.query charges (reserves) while the engine runs and refunds exactly when the query
-fails before noise touched data: engine error, timeout, cancel, dataset replaced. A failure
-after noise is charged; a reservation refused for budget drops whatever the engine did; the
-answer is stored after the charge and identical repeats stay free; concurrent failing and
-succeeding queries never overspend; a crash between reserve and refund over-charges only."""
+fails before noise touched data: engine error, timeout, cancel, dataset replaced (that one is
+in tests/core/test_gateway.py). A failure after noise is charged; a reservation refused for
+budget drops whatever the engine did; the answer is stored after the charge and identical
+repeats stay free; concurrent failing and succeeding queries never overspend; a crash
+between reserve and refund over-charges only."""
 from __future__ import annotations
 
 import multiprocessing
@@ -13,8 +14,7 @@ import threading
 import pytest
 
 from accountant import Accountant, SqliteLedger
-from sqlgate.errors import (BudgetExhausted, Conflict, ExecutionFailed, QueryCanceled,
-                            UnsupportedQuery)
+from sqlgate.errors import BudgetExhausted, ExecutionFailed, QueryCanceled, UnsupportedQuery
 from sqlgate.metadata import Budget
 
 from tests.core.conftest import people_frame, people_metadata
@@ -158,23 +158,6 @@ def test_a_real_statement_timeout_is_refunded(gateway, monkeypatch):
     with pytest.raises(QueryCanceled, match="statement timeout"):
         gateway.query(SQL, analyst="slow", epsilon=1.0)
     _assert_refunded(gateway, "slow", "timeout")
-
-
-def test_a_replace_during_the_query_is_refunded(gateway, monkeypatch):
-    original = gateway.executor.run
-    replaced = []
-
-    def run_while_replacing(sql, **kwargs):
-        if not replaced:
-            replaced.append(1)
-            gateway.add_dataset(people_metadata(max_rows_per_group=5),
-                                {"people": people_frame(n=100)}, replace=True)
-        return original(sql, **kwargs)
-
-    monkeypatch.setattr(gateway.executor, "run", run_while_replacing)
-    with pytest.raises(Conflict, match="replaced while the query ran"):
-        gateway.query(SQL, analyst="racer", epsilon=1.0)
-    _assert_refunded(gateway, "racer", "dataset replaced")
 
 
 def test_a_failure_after_noise_is_charged_not_refunded(gateway, monkeypatch):

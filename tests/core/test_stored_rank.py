@@ -14,16 +14,19 @@ import pyarrow as pa
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlglot import exp, parse_one
+from sqlglot import exp
 
 from rewriter import plan_query
 from rewriter.truncation import RANK_CAP, reads_stored_rank, stored_rank_column, truncated_read
 from sqlgate.backends import add_external_dataset, use_executor
 from sqlgate.catalog import resolve_in
-from sqlgate.errors import SqlgateError, UndefinedColumn
+from sqlgate.errors import SqlgateError
 from sqlgate.gateway import Gateway
 from sqlgate.metadata import dataset_to_dict, parse_dataset
 from sqlgate.stored_sums import without_stored_sums
+
+from tests.core.hidden_columns import (assert_listings_come_from_metadata,
+                                      assert_named_like_an_unknown_column)
 
 K = 3
 
@@ -505,34 +508,11 @@ def test_exact_sql_sees_the_declared_columns_only(loaded):
 ])
 def test_analyst_sql_naming_the_rank_fails_like_an_unknown_column(loaded, template):
     rank = loaded.dataset("rk").tables["t"].stored_rank
-    outcomes = []
-    for column in (rank, rank.replace("__rank$", "__ranq$")):
-        sql = template.format(c=column)
-        for call in (lambda: loaded.query(sql, analyst="ana"), lambda: loaded.describe(sql),
-                     lambda: loaded.explain(sql, analyst="ana")):
-            with pytest.raises(SqlgateError) as refused:
-                call()
-            outcomes.append((type(refused.value), refused.value.message.replace(column, "?")))
-    assert len(set(outcomes)) == 1, outcomes
-    assert outcomes[0][0] is UndefinedColumn
+    assert_named_like_an_unknown_column(loaded, template, rank, rank.replace("__rank$", "__ranq$"))
 
 
 def test_listings_and_mocks_come_from_metadata(loaded):
-    from server.pgwire.catalog import SyntheticCatalog
-    from server.trino.metadata import CatalogView
-
-    meta = loaded.dataset("rk")
-    assert "__rank" not in json.dumps(dataset_to_dict(meta), default=str)
-    assert list(loaded.mock_table("rk", "t", rows=3).columns) == list(meta.tables["t"].columns)
-    trino = CatalogView((meta,), "ana").rows("information_schema", "columns")
-    assert {r[3] for r in trino if r[1] == "rk" and r[2] == "t"} == set(meta.tables["t"].columns)
-    catalog = SyntheticCatalog([meta], user="ana", settings={})
-    try:
-        answer = catalog.run(parse_one("SELECT column_name FROM information_schema.columns "
-                                       "WHERE table_name = 't'", read="postgres"))
-        assert {r[0] for r in answer.rows} == set(meta.tables["t"].columns)
-    finally:
-        catalog.close()
+    assert_listings_come_from_metadata(loaded, "rk", "t", "__rank")
 
 
 # ---------------------------------------------------------------- fuzzed scenarios

@@ -11,16 +11,19 @@ from dataclasses import replace
 
 import pyarrow as pa
 import pytest
-from sqlglot import exp, parse_one
+from sqlglot import exp
 
 from rewriter import plan_query
 from rewriter.planner import fixed_point_sum, sum_encoding
 from rewriter.truncation import truncated_read
 from sqlgate.backends import add_external_dataset
 from sqlgate.catalog import resolve_in
-from sqlgate.errors import PolicyRefused, SqlgateError, UndefinedColumn
+from sqlgate.errors import PolicyRefused, SqlgateError
 from sqlgate.gateway import Gateway
 from sqlgate.metadata import StoredSum, dataset_to_dict, parse_dataset, stored_sum_column
+
+from tests.core.hidden_columns import (assert_listings_come_from_metadata,
+                                      assert_named_like_an_unknown_column)
 
 HALF = 2.0**-17  # an exact half at the last of 16 fraction bits
 
@@ -433,37 +436,12 @@ def test_exact_sql_sees_the_declared_columns_only(loaded):
     'WITH s AS (SELECT uid, "{c}" AS v FROM t) SELECT SUM(v) FROM s',
 ])
 def test_analyst_sql_naming_a_hidden_column_fails_like_an_unknown_one(loaded, template):
-    outcomes = []
     hidden = _hidden(loaded, "t", "x")  # the stored column, and a name that exists nowhere:
-    for column in (hidden, hidden.replace("__fx$", "__fy$")):
-        sql = template.format(c=column)
-        for call in (lambda: loaded.query(sql, analyst="ana"), lambda: loaded.describe(sql),
-                     lambda: loaded.explain(sql, analyst="ana")):
-            with pytest.raises(SqlgateError) as refused:
-                call()
-            outcomes.append((type(refused.value), refused.value.message.replace(column, "?")))
-    assert len(set(outcomes)) == 1, outcomes
-    assert outcomes[0][0] is UndefinedColumn
+    assert_named_like_an_unknown_column(loaded, template, hidden, hidden.replace("__fx$", "__fy$"))
 
 
 def test_listings_and_mocks_come_from_metadata(loaded):
-    from server.pgwire.catalog import SyntheticCatalog
-    from server.trino.metadata import CatalogView
-
-    meta = loaded.dataset("fx")
-    assert "__fx" not in json.dumps(dataset_to_dict(meta), default=str)
-    assert list(loaded.mock_table("fx", "t", rows=3).columns) == list(meta.tables["t"].columns)
-    trino = CatalogView((meta,), "ana").rows("information_schema", "columns")
-    assert {r[3] for r in trino if r[1] == "fx" and r[2] == "t"} == set(meta.tables["t"].columns)
-    catalog = SyntheticCatalog([meta], user="ana", settings={})
-    try:
-        for sql in ("SELECT column_name FROM information_schema.columns WHERE table_name = 't'",
-                    "SELECT a.attname FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_class c "
-                    "ON c.oid = a.attrelid WHERE c.relname = 't'"):
-            answer = catalog.run(parse_one(sql, read="postgres"))
-            assert {r[0] for r in answer.rows} == set(meta.tables["t"].columns), sql
-    finally:
-        catalog.close()
+    assert_listings_come_from_metadata(loaded, "fx", "t", "__fx")
 
 
 # ---------------------------------------------------------------- owner's opt-out
